@@ -1,0 +1,55 @@
+"""Callbacks that report what a user wants to see at the end of a stage."""
+
+from __future__ import annotations
+
+import lightning as L
+
+from lit_rlhf.data.collate import encode_prompt
+from lit_rlhf.data.records import load_records, parse_sft_record
+from lit_rlhf.generation import generate_responses
+
+
+class ExactMatchCallback(L.Callback):
+    """At the end of fit, answer held-out prompts greedily and print the share answered exactly right.
+
+    Meant for data with exact answers, such as the instruction world's held-out tasks: the reference is the
+    record's completion, compared after stripping surrounding whitespace.
+
+    Args:
+        files: Records with exact answers (SFT formats); relative to the working directory.
+        max_examples: How many records to answer (the first ones).
+        max_new_tokens: Longest answer generated.
+        batch_size: Prompts per generate call.
+    """
+
+    def __init__(self, files: str | list[str], max_examples: int = 200, max_new_tokens: int = 32, batch_size: int = 64):
+        self.files = files
+        self.max_examples = max_examples
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.accuracy: float | None = None
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.interrupted or not trainer.is_global_zero:
+            return
+        examples, _ = load_records(self.files, parse_sft_record)
+        examples = examples[: self.max_examples]
+        tokenizer = pl_module.tokenizer
+        template = getattr(trainer.datamodule, "template", "auto")
+        prompts = [encode_prompt(tokenizer, ex.prompt, template) for ex in examples]
+        responses = generate_responses(
+            pl_module.model,
+            prompts,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size,
+        )
+        right = [
+            tokenizer.decode(r, skip_special_tokens=True).strip() == ex.completion.strip()
+            for r, ex in zip(responses, examples, strict=True)
+        ]
+        self.accuracy = sum(right) / len(right)
+        for logger in trainer.loggers:
+            logger.log_metrics({"heldout/exact_match": self.accuracy}, step=trainer.global_step)
+        print(f"[lit-rlhf] held-out exact match: {self.accuracy:.1%} of {len(right)} greedy answers ({self.files})")

@@ -1,0 +1,80 @@
+"""``lit-rlhf``: one LightningCLI for every stage.
+
+    lit-rlhf fit -c configs/sft/tiny.yaml                 # a stage, from YAML
+    lit-rlhf fit -c configs/sft/tiny.yaml --print_config  # the full, re-runnable config
+    lit-rlhf fit --model SFTModule --help                 # every option of a module, explained
+
+The model and data classes are chosen in YAML (``class_path``); ``--trainer.*`` flags choose devices, strategy,
+precision and logger. Stage-independent subcommands (``pipeline``, ``evaluate``) are methods of
+:class:`LitRLHFTrainer`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import lightning as L
+from jsonargparse import lazy_instance
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+# Importing the modules registers them as choices for --model and --data.
+from lit_rlhf import data as _data  # noqa: F401
+from lit_rlhf.data.modules import SFTDataModule  # noqa: F401
+from lit_rlhf.loggers import WandbLogger
+from lit_rlhf.sft import SFTModule  # noqa: F401
+
+
+class LitRLHFTrainer(L.Trainer):
+    """Lightning's Trainer; lit_rlhf's extra subcommands live here so LightningCLI can dispatch them."""
+
+
+def _tokenizer_of(model_name_or_path: str | None, tokenizer_name_or_path: str | None) -> str | None:
+    return tokenizer_name_or_path or model_name_or_path
+
+
+class LitRLHFCLI(LightningCLI):
+    """LightningCLI with lit_rlhf's defaults: W&B logging (offline without a key) and linked tokenizer options."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # The DataModule encodes with the model's tokenizer: given once, on the model (link_arguments).
+        parser.link_arguments(
+            ("model.init_args.model_name_or_path", "model.init_args.tokenizer_name_or_path"),
+            "data.init_args.tokenizer_name_or_path",
+            compute_fn=_tokenizer_of,
+        )
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        trainer = config.get("trainer")
+        if trainer is None:
+            return
+        root = trainer.get("default_root_dir") or os.getcwd()
+        logger = trainer.get("logger")
+        loggers = logger if isinstance(logger, list) else [logger]
+        for lg in loggers:
+            # Our WandbLogger writes under the run's root unless told otherwise.
+            if getattr(lg, "class_path", None) == "lit_rlhf.loggers.WandbLogger" and not lg.init_args.get("save_dir"):
+                lg.init_args.save_dir = str(root)
+
+
+def main(args: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    for noisy in ("httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    LitRLHFCLI(
+        model_class=L.LightningModule,
+        datamodule_class=L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        trainer_class=LitRLHFTrainer,
+        trainer_defaults={"logger": lazy_instance(WandbLogger)},
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"description": __doc__.split("\n\n")[0]},
+        args=args,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

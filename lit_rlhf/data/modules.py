@@ -1,0 +1,340 @@
+"""LightningDataModules shared by the stages.
+
+Batch sizes: ``batch_size`` is what one process feeds one forward pass (a micro-batch). The batch of one optimizer
+step is ``batch_size x devices x num_nodes x accumulate_grad_batches``; it is printed at the start of fit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from lit_rlhf.data.collate import (
+    PackedCollator,
+    SFTCollator,
+    Template,
+    TokenCounts,
+    Truncation,
+    encode_completion,
+    encode_prompt,
+    fit_to_length,
+    pack_examples,
+)
+from lit_rlhf.data.records import DataError, OnError, SFTExample, load_records, parse_sft_record
+from lit_rlhf.models import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+Files = str | list[str] | None
+
+
+class ListDataset(Dataset):
+    """A map-style dataset over a list."""
+
+    def __init__(self, items: Sequence[Any]) -> None:
+        self.items = list(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.items[i]
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """Shuffle, then order each window of ``batch_size * mega_batch`` examples by length.
+
+    Consecutive ``batch_size`` indices then have similar lengths, so little of a right-padded batch is padding,
+    while the order stays random across windows. Under DDP, Lightning wraps this sampler so each rank takes a
+    strided share of the same order (batches on every rank stay length-grouped).
+
+    Args:
+        lengths: Token length of each example.
+        batch_size: Examples per batch.
+        mega_batch: Windows of this many batches are sorted together.
+        seed: Base seed; the order changes with :meth:`set_epoch`.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, mega_batch: int = 32, seed: int = 0) -> None:
+        self.lengths = list(lengths)
+        self.window = batch_size * mega_batch
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        rng = random.Random(self.seed + self.epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        windows = [order[i : i + self.window] for i in range(0, len(order), self.window)]
+        grouped: list[list[int]] = []
+        for w in windows:
+            w = sorted(w, key=lambda i: -self.lengths[i])
+            grouped.extend(w[i : i + self.batch_size] for i in range(0, len(w), self.batch_size))
+        rng.shuffle(grouped)  # batches of similar length, in random order
+        return iter([i for batch in grouped for i in batch])
+
+
+def split_train_val(items: list[Any], val_fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
+    """Hold out ``val_fraction`` of ``items`` (at least one) for validation, reproducibly."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_split must be in (0, 1), got {val_fraction} (--data.val_split)")
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, int(round(len(items) * val_fraction)))
+    if n_val >= len(items):
+        raise DataError(f"only {len(items)} record(s): too few to hold out a validation split; pass val_files")
+    val = sorted(order[:n_val])
+    train = sorted(order[n_val:])
+    return [items[i] for i in train], [items[i] for i in val]
+
+
+class RecordDataModule(L.LightningDataModule):
+    """What every stage's DataModule shares: files, the world, the tokenizer and the train/validation split.
+
+    Subclasses implement :meth:`parse` (raw record to typed record) and :meth:`encode` (typed records to model
+    inputs), and the dataloaders.
+    """
+
+    def __init__(
+        self,
+        train_files: Files = None,
+        val_files: Files = None,
+        tokenizer_name_or_path: str | None = None,
+        world_dir: str | None = None,
+        val_split: float = 0.05,
+        max_length: int = 512,
+        template: Template = "auto",
+        on_bad_record: OnError = "error",
+        batch_size: int = 8,
+        num_workers: int = 0,
+        seed: int = 42,
+    ) -> None:
+        super().__init__()
+        self.train_files = train_files
+        self.val_files = val_files
+        self.tokenizer_name_or_path = tokenizer_name_or_path
+        self.world_dir = world_dir
+        self.val_split = val_split
+        self.max_length = max_length
+        self.template = template
+        self.on_bad_record = on_bad_record
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.tokenizer = None
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+        self._check_options()
+
+    def _check_options(self) -> None:
+        problems = []
+        if self.train_files is None and self.world_dir is None:
+            problems.append("give --data.train_files (a path, glob or list) or --data.world_dir")
+        if self.batch_size < 1:
+            problems.append(f"--data.batch_size must be >= 1, got {self.batch_size}")
+        if self.max_length < 2:
+            problems.append(f"--data.max_length must be >= 2, got {self.max_length}")
+        if problems:
+            raise ValueError("bad data options:\n  " + "\n  ".join(problems))
+
+    # -- files -----------------------------------------------------------------------------------------------
+
+    world_train_key = "sft/train.jsonl"
+    world_val_key = "sft/val.jsonl"
+
+    def prepare_data(self) -> None:
+        """Build the instruction world first when ``world_dir`` is set (rank 0 only; seeded, skipped if done)."""
+        if self.world_dir is not None:
+            from lit_rlhf.world import build_world
+
+            build_world(self.world_dir, seed=self.seed)
+
+    def resolved_files(self) -> tuple[Files, Files]:
+        train, val = self.train_files, self.val_files
+        if self.world_dir is not None:
+            train = train or f"{self.world_dir}/{self.world_train_key}"
+            val = val or f"{self.world_dir}/{self.world_val_key}"
+        return train, val
+
+    def load_tokenizer(self):
+        if self.tokenizer is None:
+            if self.tokenizer_name_or_path is None:
+                raise ValueError("no tokenizer: set --model.tokenizer_name_or_path (or a model directory)")
+            self.tokenizer = load_tokenizer(self.tokenizer_name_or_path)
+        return self.tokenizer
+
+    def load_split(self, parse) -> tuple[list[Any], list[Any]]:
+        """Parse the train and validation records (validation split off train when no val_files)."""
+        train_files, val_files = self.resolved_files()
+        train, skipped = load_records(train_files, parse, self.on_bad_record)
+        if skipped:
+            log.warning("skipped %d bad training record(s), e.g. %s", len(skipped), skipped[0])
+        if val_files:
+            val, skipped_val = load_records(val_files, parse, self.on_bad_record)
+            if skipped_val:
+                log.warning("skipped %d bad validation record(s), e.g. %s", len(skipped_val), skipped_val[0])
+        else:
+            train, val = split_train_val(train, self.val_split, self.seed)
+        return train, val
+
+    def _loader(self, dataset: Dataset, collate, sampler: Sampler | None = None, shuffle: bool = False) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            shuffle=shuffle if sampler is None else False,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+
+class SFTDataModule(RecordDataModule):
+    """Demonstrations for supervised fine-tuning (InstructGPT step 1).
+
+    Args:
+        train_files: Training records: a path, glob or list (JSONL, JSON, Parquet, CSV or a saved dataset).
+            Formats: ``{"prompt", "completion"}``, ``{"messages": [...]}``, ``{"instruction", "input", "output"}``.
+        val_files: Validation records; when None, ``val_split`` of the training records is held out.
+        tokenizer_name_or_path: Tokenizer to encode with; linked from the model's options by the CLI.
+        world_dir: Build the instruction world (the embedded default) here first and read its demonstrations
+            when no files are given.
+        val_split: Fraction of training records held out when there are no ``val_files``.
+        max_length: Longest prompt + completion in tokens.
+        template: ``auto`` uses the tokenizer's chat template when it has one; ``plain`` always uses the HH
+            format (see ``lit_rlhf.data.collate``).
+        truncation: Too-long examples: ``left_truncate`` drops the oldest prompt tokens, ``skip`` drops the
+            example, ``error`` stops naming the record. Counts are logged.
+        on_bad_record: ``error`` stops before training listing bad records with file:line; ``skip`` drops them
+            and logs the count.
+        packing: Concatenate examples into rows of ``max_length`` tokens (no padding; see ``pack_examples``).
+        group_by_length: Batch examples of similar length together (little padding, exact attention).
+        batch_size: Examples (or packed rows) per micro-batch on one process.
+        num_workers: DataLoader worker processes.
+        seed: Seed for the validation split, shuffling and the world.
+    """
+
+    def __init__(
+        self,
+        train_files: Files = None,
+        val_files: Files = None,
+        tokenizer_name_or_path: str | None = None,
+        world_dir: str | None = None,
+        val_split: float = 0.05,
+        max_length: int = 512,
+        template: Template = "auto",
+        truncation: Truncation = "left_truncate",
+        on_bad_record: OnError = "error",
+        packing: bool = False,
+        group_by_length: bool = True,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        seed: int = 42,
+    ) -> None:
+        super().__init__(
+            train_files=train_files,
+            val_files=val_files,
+            tokenizer_name_or_path=tokenizer_name_or_path,
+            world_dir=world_dir,
+            val_split=val_split,
+            max_length=max_length,
+            template=template,
+            on_bad_record=on_bad_record,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            seed=seed,
+        )
+        self.save_hyperparameters()
+        self.truncation = truncation
+        self.packing = packing
+        self.group_by_length = group_by_length
+        self.counts: dict[str, TokenCounts] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return
+        tokenizer = self.load_tokenizer()
+        train, val = self.load_split(parse_sft_record)
+        train_rows, self.counts["train"] = self.encode(train)
+        val_rows, self.counts["val"] = self.encode(val)
+        for split, counts in self.counts.items():
+            log.info(
+                "%s: %d examples, %d prompt(s) left-truncated, %d skipped as too long",
+                split, counts.examples, counts.truncated, counts.skipped,
+            )  # fmt: skip
+        if not train_rows:
+            raise DataError(f"no training example fits max_length={self.max_length} (--data.max_length)")
+        self.train_lengths = [len(r["prompt_ids"]) + len(r["completion_ids"]) for r in train_rows]
+        if self.packing:
+            rng = random.Random(self.seed)
+            rng.shuffle(train_rows)
+            train_rows = pack_examples(train_rows, self.max_length)
+        self.train_dataset = ListDataset(train_rows)
+        self.val_dataset = ListDataset(val_rows)
+        self.pad_token_id = tokenizer.pad_token_id
+
+    def encode(self, examples: list[SFTExample]) -> tuple[list[dict[str, list[int]]], TokenCounts]:
+        """Tokenise demonstrations into ``{"prompt_ids", "completion_ids"}``, applying the truncation policy."""
+        tokenizer = self.load_tokenizer()
+        counts = TokenCounts()
+        rows = []
+        for ex in examples:
+            prompt_ids = encode_prompt(tokenizer, ex.prompt, self.template)
+            completion_ids = encode_completion(tokenizer, ex.prompt, ex.completion, self.template)
+            fitted = fit_to_length(prompt_ids, completion_ids, self.max_length, self.truncation, ex.source)
+            if fitted is None:
+                counts.skipped += 1
+                counts.skipped_sources.append(str(ex.source))
+                continue
+            counts.truncated += len(fitted[0]) < len(prompt_ids)
+            counts.examples += 1
+            rows.append({"prompt_ids": fitted[0], "completion_ids": fitted[1]})
+        return rows, counts
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_dataset is not None, "call setup() first"
+        if self.packing:
+            return self._loader(self.train_dataset, PackedCollator(self.pad_token_id), shuffle=True)
+        collate = SFTCollator(self.pad_token_id)
+        if self.group_by_length:
+            sampler = LengthGroupedSampler(self.train_lengths, self.batch_size, seed=self.seed)
+            return self._loader(self.train_dataset, collate, sampler=sampler)
+        return self._loader(self.train_dataset, collate, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_dataset is not None, "call setup() first"
+        return self._loader(self.val_dataset, SFTCollator(self.pad_token_id))
+
+    def padding_fraction(self, loader: DataLoader | None = None, max_batches: int | None = None) -> float:
+        """Share of token slots in the batches of ``loader`` (default: training) that are padding."""
+        loader = loader or self.train_dataloader()
+        pad = total = 0
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            mask = batch["attention_mask"]
+            pad += int((mask == 0).sum())
+            total += mask.numel()
+        return pad / max(total, 1)
+
+
+def steps_per_epoch(n_batches: int, accumulate: int) -> int:
+    return math.ceil(n_batches / accumulate)
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}

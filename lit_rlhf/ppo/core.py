@@ -1,0 +1,446 @@
+"""The PPO math as pure tensor functions: KL rewards, GAE, whitening, clipped losses, KL controllers.
+
+Nothing here knows about Lightning or models, so every function can be checked against hand-computed values
+(see ``tests/test_ppo_core.py``).
+
+Conventions shared by every function:
+
+- ``batch`` is the number of responses, ``response_len`` the padded number of response tokens.
+- Masks are bool tensors where True means "counts". A masked-out (False) position never changes a result,
+  whatever value it holds (including ``inf`` or ``nan``): inputs are replaced with 0 there before any arithmetic,
+  so neither the forward value nor a gradient can pick up garbage.
+- Per-token outputs are 0 at masked-out positions unless a docstring says otherwise.
+- Means over an empty mask are ``nan`` (0 / 0); no epsilon hides an empty batch.
+"""
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+KL_ESTIMATORS = ("k1", "k3")
+
+
+def _zero_masked(x: Tensor, mask: Tensor) -> Tensor:
+    """``x`` with masked-out positions replaced by 0 (``where``, not ``*``, so ``inf``/``nan`` never leak)."""
+    return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Masked statistics
+# --------------------------------------------------------------------------------------------------------------
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Mean of ``x`` over the positions where ``mask`` is True.
+
+    Args:
+        x: (...) values, any float shape.
+        mask: same shape as ``x``, bool, True where the value counts.
+        dim: reduce only along this dimension; None reduces over all positions.
+
+    Returns:
+        A scalar tensor (``dim=None``) or ``x`` with ``dim`` removed: the mean of the counted values.
+        ``nan`` where no position counts.
+    """
+    total = _zero_masked(x, mask)
+    if dim is None:
+        return total.sum() / mask.sum()
+    return total.sum(dim) / mask.sum(dim)
+
+
+def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
+    """Variance of ``x`` over all positions where ``mask`` is True.
+
+    Args:
+        x: (...) values, any float shape.
+        mask: same shape as ``x``, bool, True where the value counts.
+        unbiased: divide by ``n - 1`` (Bessel's correction) instead of ``n``, the number of counted positions.
+
+    Returns:
+        A scalar tensor, the variance of the counted values.
+
+    Raises:
+        ValueError: ``unbiased`` and fewer than 2 positions count (the variance is undefined). This reads the
+            count on the host, so it synchronises with an accelerator.
+    """
+    count = mask.sum()
+    if unbiased and int(count) < 2:
+        raise ValueError(f"masked_var(unbiased=True) needs at least 2 counted positions, got {int(count)}")
+    mean = masked_mean(x, mask)
+    squared_dev = _zero_masked((x - mean) ** 2, mask).sum()
+    return squared_dev / (count - 1) if unbiased else squared_dev / count
+
+
+def masked_whiten(
+    x: Tensor,
+    mask: Tensor,
+    shift_mean: bool = True,
+    eps: float = 1e-8,
+    all_reduce: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
+    """Normalise ``x`` to zero mean and unit variance using statistics over the counted positions.
+
+    The statistics are the mean and the population variance (divide by ``n``; whitening is insensitive to
+    ``n`` vs ``n - 1`` and this stays defined for a single position): ``(x - mean) / sqrt(var + eps)``.
+    The variance is computed as ``E[x^2] - mean^2`` so that one reduction of three sums suffices across ranks;
+    when rounding makes it slightly negative it is clamped at 0.
+
+    Args:
+        x: (...) values to whiten, e.g. advantages ``(batch, response_len)``.
+        mask: same shape as ``x``, bool, True where the value counts.
+        shift_mean: if False the mean is added back after scaling, so only the spread is normalised
+            (Ziegler et al. 2019 and TRL do this for rewards, whose sign carries meaning).
+        eps: added to the variance before the square root, guarding against a constant input.
+        all_reduce: a function that returns the elementwise sum of its argument over all ranks (e.g. a wrapper
+            around ``torch.distributed.all_reduce``). It is called exactly once, with a float tensor of shape
+            ``(3,)`` holding this rank's ``[sum, sum of squares, count]`` of the counted values, so N ranks
+            whiten with the same statistics as one process holding the concatenated batch. None uses the local
+            statistics only.
+
+    Returns:
+        Same shape as ``x``: the whitened values, 0 at masked-out positions. Computed in ``x``'s dtype, with
+        the statistics accumulated in at least float32.
+    """
+    stats_dtype = torch.promote_types(x.dtype, torch.float32)
+    values = _zero_masked(x, mask).to(stats_dtype)
+    local_stats = torch.stack([values.sum(), (values**2).sum(), mask.sum().to(stats_dtype)])
+    stats = all_reduce(local_stats) if all_reduce is not None else local_stats
+    total, total_sq, count = stats.unbind()
+    mean = total / count
+    var = (total_sq / count - mean**2).clamp(min=0.0)
+    whitened = (values - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return _zero_masked(whitened.to(x.dtype), mask)
+
+
+def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
+    """How much of the returns' variance the value predictions explain: ``1 - Var[R - V] / Var[R]``.
+
+    1 is perfect, 0 is no better than predicting the mean return, negative is worse than that.
+
+    Args:
+        values: (batch, response_len) value predictions ``V``.
+        returns: (batch, response_len) targets ``R`` (e.g. GAE returns).
+        mask: (batch, response_len) bool, True on real response tokens.
+
+    Returns:
+        A scalar tensor; ``nan`` when the counted returns are all equal (``Var[R] = 0``).
+    """
+    var_returns = masked_var(returns, mask, unbiased=False)
+    var_residual = masked_var(returns - values, mask, unbiased=False)
+    nan = torch.full_like(var_returns, math.nan)
+    return torch.where(var_returns == 0, nan, 1 - var_residual / var_returns)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Log-probabilities and entropy from logits
+# --------------------------------------------------------------------------------------------------------------
+
+
+def logprobs_from_logits(logits: Tensor, labels: Tensor, temperature: float = 1.0) -> Tensor:
+    """Log-probability of each label under ``softmax(logits / temperature)``.
+
+    Computed as ``logits[label] / T - logsumexp(logits / T)``, which never materialises a full log-softmax;
+    with ``temperature == 1`` no vocab-sized copy of ``logits`` is made either.
+
+    Args:
+        logits: (..., vocab) unnormalised scores.
+        labels: (...) int64 token ids in ``[0, vocab)`` whose log-probability is wanted.
+        temperature: the sampling temperature the tokens were drawn with; must be > 0.
+
+    Returns:
+        (...) the log-probability of each label, in ``logits``' dtype.
+
+    Raises:
+        ValueError: ``temperature`` is not positive.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if temperature != 1.0:
+        logits = logits / temperature
+    label_logits = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    return label_logits - torch.logsumexp(logits, dim=-1)
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Entropy of ``softmax(logits)`` at each position: ``logsumexp(z) - sum_i p_i z_i``.
+
+    Holds at most one extra vocab-sized tensor at a time (the probabilities); the weighted sum is a batched
+    matrix product, so no second vocab-sized product is formed.
+
+    Args:
+        logits: (..., vocab) unnormalised scores. Computed in their dtype; pass float32 for accurate entropies.
+
+    Returns:
+        (...) the entropy in nats at each position.
+    """
+    probs = torch.softmax(logits, dim=-1)
+    expected_logit = (probs.unsqueeze(-2) @ logits.unsqueeze(-1)).squeeze(-1).squeeze(-1)
+    return torch.logsumexp(logits, dim=-1) - expected_logit
+
+
+# --------------------------------------------------------------------------------------------------------------
+# KL penalty and rewards
+# --------------------------------------------------------------------------------------------------------------
+
+
+def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, response_mask: Tensor, estimator: str = "k1") -> Tensor:
+    """Per-token estimate of ``KL(policy || reference)`` from log-probs of tokens sampled from the policy.
+
+    With ``log_ratio = logprobs - ref_logprobs`` and ``r = exp(-log_ratio) = p_ref / p_policy``
+    (Schulman, "Approximating KL divergence", 2020):
+
+    - ``"k1"``: ``log_ratio``. Unbiased, can be negative per token (InstructGPT's penalty).
+    - ``"k3"``: ``(r - 1) - log r``. Unbiased and never negative, lower variance.
+
+    Args:
+        logprobs: (batch, response_len) log-prob of each response token under the policy that sampled it.
+        ref_logprobs: (batch, response_len) log-prob of each response token under the frozen reference.
+        response_mask: (batch, response_len) bool, True on real response tokens.
+        estimator: ``"k1"`` or ``"k3"``.
+
+    Returns:
+        (batch, response_len) the per-token KL estimate, 0 where ``response_mask`` is False.
+
+    Raises:
+        ValueError: unknown ``estimator``.
+    """
+    if estimator not in KL_ESTIMATORS:
+        raise ValueError(f"unknown KL estimator {estimator!r}; choose one of {KL_ESTIMATORS}")
+    log_ratio = _zero_masked(logprobs - ref_logprobs, response_mask)
+    if estimator == "k1":
+        return log_ratio
+    # (r - 1) - log r with log r = -log_ratio; expm1 keeps precision when the policies are close.
+    return torch.expm1(-log_ratio) + log_ratio
+
+
+def kl_rewards(
+    logprobs: Tensor,
+    ref_logprobs: Tensor,
+    scores: Tensor,
+    response_mask: Tensor,
+    kl_coef: float,
+    estimator: str = "k1",
+) -> tuple[Tensor, Tensor]:
+    """Per-token rewards: ``-kl_coef * KL`` on every token plus the reward-model score on the last one.
+
+    InstructGPT eq. 2: ``R(x, y) = r_theta(x, y) - beta * log(pi_RL(y|x) / pi_SFT(y|x))``, spread over tokens.
+
+    Args:
+        logprobs: (batch, response_len) log-prob of each response token under the sampling policy.
+        ref_logprobs: (batch, response_len) log-prob of each response token under the frozen reference.
+        scores: (batch,) reward-model score of each full response (read at its EOS token).
+        response_mask: (batch, response_len) bool, True on real response tokens. The score is added at the last
+            True position of each row (the EOS token, or the last token of a truncated response). A row with no
+            True position receives no score and all-zero rewards.
+        kl_coef: the KL coefficient beta.
+        estimator: the per-token KL estimator, see :func:`kl_penalty`.
+
+    Returns:
+        rewards: (batch, response_len) per-token rewards, 0 where ``response_mask`` is False.
+        kl: (batch, response_len) the per-token KL estimate used, 0 where ``response_mask`` is False.
+    """
+    kl = kl_penalty(logprobs, ref_logprobs, response_mask, estimator)
+    rewards = -kl_coef * kl
+    positions = torch.arange(response_mask.shape[1], device=response_mask.device)
+    last_index = torch.where(response_mask, positions, 0).amax(dim=1)
+    row_scores = _zero_masked(scores.to(rewards.dtype), response_mask.any(dim=1))
+    rewards = rewards.scatter_add(1, last_index.unsqueeze(1), row_scores.unsqueeze(1))
+    return rewards, kl
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Advantages
+# --------------------------------------------------------------------------------------------------------------
+
+
+def gae(rewards: Tensor, values: Tensor, response_mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016), one episode per row.
+
+    ``delta_t = r_t + gamma * V_{t+1} - V_t`` and ``A_t = delta_t + gamma * lam * A_{t+1}``, where ``t + 1`` is
+    the next True position of the row. Masked-out positions are skipped: they are not steps, get advantage and
+    return 0, and the recursion passes over them. After a row's last True position the episode ends, so the
+    value there is 0 (terminal). Loops over time only, vectorised over the batch.
+
+    Args:
+        rewards: (batch, response_len) per-token rewards (see :func:`kl_rewards`).
+        values: (batch, response_len) value-model prediction at each response token.
+        response_mask: (batch, response_len) bool, True on real response tokens.
+        gamma: discount factor (InstructGPT uses 1).
+        lam: GAE lambda, trading bias (0) for variance (1).
+
+    Returns:
+        advantages: (batch, response_len) GAE advantages, 0 where ``response_mask`` is False.
+        returns: (batch, response_len) value targets ``advantages + values``, 0 where ``response_mask`` is False.
+    """
+    rewards = _zero_masked(rewards, response_mask)
+    values = _zero_masked(values, response_mask)
+    advantages = torch.zeros_like(rewards)
+    next_value = torch.zeros_like(rewards[:, 0])
+    next_advantage = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        is_step = response_mask[:, t]
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        advantage = delta + gamma * lam * next_advantage
+        advantages[:, t] = _zero_masked(advantage, is_step)
+        next_value = torch.where(is_step, values[:, t], next_value)
+        next_advantage = torch.where(is_step, advantage, next_advantage)
+    returns = advantages + values  # both are already 0 at masked-out positions
+    return advantages, returns
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Losses
+# --------------------------------------------------------------------------------------------------------------
+
+
+def clipped_policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    response_mask: Tensor,
+    clip_range: float,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO's clipped surrogate objective, as a loss to minimise (Schulman et al. 2017, eq. 7).
+
+    ``loss = mean_t max(-A_t * ratio_t, -A_t * clip(ratio_t, 1 - clip_range, 1 + clip_range))`` with
+    ``ratio_t = exp(logprobs_t - old_logprobs_t)``, the mean taken over all counted tokens of the minibatch.
+
+    Args:
+        logprobs: (batch, response_len) log-prob of each response token under the policy being optimised.
+        old_logprobs: (batch, response_len) the same log-probs at rollout time (no grad).
+        advantages: (batch, response_len) advantage of each token (usually whitened GAE).
+        response_mask: (batch, response_len) bool, True on real response tokens.
+        clip_range: epsilon, how far the ratio may move from 1 before the objective stops rewarding it.
+
+    Returns:
+        loss: scalar, differentiable with respect to ``logprobs``.
+        stats: detached scalars over counted tokens:
+            ``clipfrac``, fraction of tokens where the clipped term is the larger (active) one;
+            ``approxkl``, ``0.5 * mean((logprobs - old_logprobs)^2)``;
+            ``approxkl_k3``, ``mean((ratio - 1) - log ratio)``, the k3 estimate of ``KL(old || new)``;
+            ``ratio_mean``, mean of the ratio.
+    """
+    log_ratio = _zero_masked(logprobs - old_logprobs, response_mask)
+    advantages = _zero_masked(advantages, response_mask)
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    loss = masked_mean(torch.maximum(unclipped, clipped), response_mask)
+    with torch.no_grad():
+        stats = {
+            "clipfrac": masked_mean((clipped > unclipped).to(ratio.dtype), response_mask),
+            "approxkl": 0.5 * masked_mean(log_ratio**2, response_mask),
+            "approxkl_k3": masked_mean((ratio - 1) - log_ratio, response_mask),
+            "ratio_mean": masked_mean(ratio, response_mask),
+        }
+    return loss, stats
+
+
+def clipped_value_loss(
+    values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    response_mask: Tensor,
+    clip_range_value: float,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO's clipped value loss: ``0.5 * mean_t max((V_t - R_t)^2, (V_clip_t - R_t)^2)``.
+
+    ``V_clip_t = old_values_t + clip(V_t - old_values_t, -clip_range_value, clip_range_value)``, as in OpenAI
+    baselines' PPO2; the max keeps the loss pessimistic so the value cannot leap far from its rollout estimate.
+
+    Args:
+        values: (batch, response_len) value predictions of the model being optimised.
+        old_values: (batch, response_len) the same predictions at rollout time (no grad).
+        returns: (batch, response_len) value targets (GAE returns).
+        response_mask: (batch, response_len) bool, True on real response tokens.
+        clip_range_value: how far a prediction may move from ``old_values`` before its gradient is cut.
+
+    Returns:
+        loss: scalar, differentiable with respect to ``values``.
+        stats: detached scalars over counted tokens: ``vf_clipfrac``, fraction of tokens where the clipped
+            error is the larger (active) one.
+    """
+    values = _zero_masked(values, response_mask)
+    old_values = _zero_masked(old_values, response_mask)
+    returns = _zero_masked(returns, response_mask)
+    values_clipped = old_values + torch.clamp(values - old_values, -clip_range_value, clip_range_value)
+    unclipped_error = (values - returns) ** 2
+    clipped_error = (values_clipped - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_error, clipped_error), response_mask)
+    with torch.no_grad():
+        stats = {"vf_clipfrac": masked_mean((clipped_error > unclipped_error).to(values.dtype), response_mask)}
+    return loss, stats
+
+
+# --------------------------------------------------------------------------------------------------------------
+# KL coefficient controllers
+# --------------------------------------------------------------------------------------------------------------
+
+
+class FixedKLController:
+    """A constant KL coefficient (InstructGPT's beta).
+
+    Args:
+        kl_coef: the coefficient, read from ``value``.
+    """
+
+    def __init__(self, kl_coef: float) -> None:
+        self.value = float(kl_coef)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        """Do nothing; present so both controllers are called the same way."""
+
+    def state_dict(self) -> dict[str, float]:
+        """The current coefficient, for checkpoints."""
+        return {"value": self.value}
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        """Restore the coefficient saved by :meth:`state_dict`."""
+        self.value = float(state_dict["value"])
+
+
+class AdaptiveKLController:
+    """A KL coefficient steered towards a target KL (Ziegler et al. 2019, "Fine-tuning LMs from human prefs").
+
+    After each PPO iteration: ``error = clip(current_kl / target - 1, -0.2, 0.2)`` and
+    ``value *= 1 + error * n_steps / horizon``. The ±0.2 clip is the paper's, bounding the change per update.
+
+    Args:
+        init_kl_coef: the coefficient before the first update; must be > 0.
+        target: the KL (nats per response) to steer towards; must be > 0.
+        horizon: how many samples it takes to move the coefficient by ``error``; must be > 0.
+    """
+
+    def __init__(self, init_kl_coef: float, target: float, horizon: float) -> None:
+        problems = [
+            f"{name} must be > 0, got {value}"
+            for name, value in (("init_kl_coef", init_kl_coef), ("target", target), ("horizon", horizon))
+            if not value > 0
+        ]
+        if problems:
+            raise ValueError("AdaptiveKLController: " + "; ".join(problems))
+        self.value = float(init_kl_coef)
+        self.target = float(target)
+        self.horizon = float(horizon)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        """Move the coefficient up when ``current_kl`` exceeds the target, down when it falls short.
+
+        Args:
+            current_kl: the mean KL (nats per response) measured over the last iteration's rollout.
+            n_steps: the number of samples (responses) in that rollout.
+        """
+        proportional_error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + proportional_error * n_steps / self.horizon
+
+    def state_dict(self) -> dict[str, float]:
+        """The current coefficient, for checkpoints (``target`` and ``horizon`` come from the config)."""
+        return {"value": self.value}
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        """Restore the coefficient saved by :meth:`state_dict`."""
+        self.value = float(state_dict["value"])
