@@ -2,7 +2,7 @@
 
     lit-rlhf fit -c configs/sft/tiny.yaml                 # a stage, from YAML
     lit-rlhf fit -c configs/sft/tiny.yaml --print_config  # the full, re-runnable config
-    lit-rlhf fit --model SFTModule --help                 # every option of a module, explained
+    lit-rlhf fit --model.help SFTModule                   # every option of a module, explained
 
 The model and data classes are chosen in YAML (``class_path``); ``--trainer.*`` flags choose devices, strategy,
 precision and logger. Stage-independent subcommands (``pipeline``, ``evaluate``) are methods of
@@ -71,6 +71,7 @@ def main(args: list[str] | None = None) -> None:
         trainer_class=LitRLHFTrainer,
         trainer_defaults={"logger": lazy_instance(WandbLogger)},
         save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,  # each stage builds its own optimisers (PPO has two)
         parser_kwargs={"description": __doc__.split("\n\n")[0]},
         args=args,
     )

@@ -233,8 +233,7 @@ def load_model(
             setattr(config, key, value)
         kwargs: dict[str, Any] = {}
         if head == "score":
-            kwargs["num_labels"] = 1
-            config.num_labels = 1
+            config.num_labels = 1  # on the config only: transformers 5 refuses num_labels beside config=
         model = auto_cls.from_pretrained(
             model_name_or_path,
             config=config,

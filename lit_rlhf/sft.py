@@ -101,11 +101,15 @@ class SFTModule(StageModule):
     # -- steps ---------------------------------------------------------------------------------------------------
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self(batch)
-        loss, n_tokens = completion_loss(logits, batch["labels"])
+        loss_sum, n_tokens = completion_loss(self(batch), batch["labels"], reduction="sum")
+        # Normalise by the tokens of the *global* batch: DDP averages gradients over ranks, so each rank scales
+        # by world_size / global tokens and N processes take exactly the step of one process on the same batch.
+        n_global = self.trainer.strategy.reduce(n_tokens.float(), reduce_op="sum").clamp(min=1)
+        loss = loss_sum * self.trainer.world_size / n_global
         self.check_finite(loss, batch_idx)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
-        self.log("train/tokens", n_tokens.float(), reduce_fx="sum", batch_size=len(batch["input_ids"]))
+        global_loss = self.trainer.strategy.reduce(loss_sum.detach(), reduce_op="sum") / n_global
+        self.log("train/loss", global_loss, prog_bar=True, batch_size=len(batch["input_ids"]))
+        self.log("train/tokens", n_global, reduce_fx="sum", batch_size=len(batch["input_ids"]))
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -158,20 +162,25 @@ class SFTModule(StageModule):
         return meta
 
 
-def completion_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean next-token cross-entropy over completion tokens.
+def completion_loss(
+    logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token cross-entropy over completion tokens.
 
     Args:
         logits: (batch, length, vocab) model outputs.
         labels: (batch, length) token ids, ``IGNORE_INDEX`` on prompt and padding positions.
+        reduction: ``mean`` over counted tokens (0 when none count) or their ``sum``.
 
     Returns:
-        The mean loss over counted tokens (0 when none count) and the number of counted tokens.
+        The loss and the number of counted tokens.
     """
     shifted_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
     shifted_labels = labels[:, 1:].reshape(-1)
     n_tokens = (shifted_labels != IGNORE_INDEX).sum()
     loss = F.cross_entropy(shifted_logits.float(), shifted_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    if reduction == "sum":
+        return loss, n_tokens
     return loss / n_tokens.clamp(min=1), n_tokens
 
 

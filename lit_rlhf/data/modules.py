@@ -6,15 +6,15 @@ step is ``batch_size x devices x num_nodes x accumulate_grad_batches``; it is pr
 
 from __future__ import annotations
 
+import functools
 import logging
-import math
 import random
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from lit_rlhf.data.collate import (
     PackedCollator,
@@ -26,8 +26,18 @@ from lit_rlhf.data.collate import (
     encode_prompt,
     fit_to_length,
     pack_examples,
+    pad_right,
 )
-from lit_rlhf.data.records import DataError, OnError, SFTExample, load_records, parse_sft_record
+from lit_rlhf.data.records import (
+    DataError,
+    OnError,
+    RankingExample,
+    SFTExample,
+    TiePolicy,
+    load_records,
+    parse_ranking_record,
+    parse_sft_record,
+)
 from lit_rlhf.models import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -48,35 +58,58 @@ class ListDataset(Dataset):
         return self.items[i]
 
 
-class LengthGroupedSampler(Sampler[int]):
-    """Shuffle, then order each window of ``batch_size * mega_batch`` examples by length.
+class LengthGroupedSampler(DistributedSampler):
+    """Shuffle, then order each window of ``batch_size * mega_batch`` examples by length; shard across ranks.
 
-    Consecutive ``batch_size`` indices then have similar lengths, so little of a right-padded batch is padding,
-    while the order stays random across windows. Under DDP, Lightning wraps this sampler so each rank takes a
-    strided share of the same order (batches on every rank stay length-grouped).
+    Consecutive ``batch_size`` indices of the global order have similar lengths, so little of a right-padded batch
+    is padding, while the order stays random across windows. With ``num_replicas > 1``, rank ``r`` takes positions
+    ``r, r + N, ...`` of that order, so the ranks together see exactly the batches of one process with a batch N
+    times larger. (It is a DistributedSampler so that Lightning does not wrap and reshuffle it.)
 
     Args:
         lengths: Token length of each example.
-        batch_size: Examples per batch.
+        batch_size: Examples per global batch (per-process batch x processes).
         mega_batch: Windows of this many batches are sorted together.
         seed: Base seed; the order changes with :meth:`set_epoch`.
+        num_replicas: Number of processes sharing the order.
+        rank: This process's rank.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, mega_batch: int = 32, seed: int = 0) -> None:
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        mega_batch: int = 32,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        # DistributedSampler.__init__ needs an initialised process group; set its fields directly instead.
         self.lengths = list(lengths)
         self.window = batch_size * mega_batch
         self.batch_size = batch_size
         self.seed = seed
         self.epoch = 0
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.shuffle = True
+        self.drop_last = False
+        self.num_samples = -(-len(self.lengths) // num_replicas)
+        self.total_size = self.num_samples * num_replicas
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __len__(self) -> int:
-        return len(self.lengths)
-
     def __iter__(self) -> Iterator[int]:
-        rng = random.Random(self.seed + self.epoch)
+        order = self._order(self.epoch)
+        order += order[: self.total_size - len(order)]  # pad so every rank gets the same count
+        return iter(order[self.rank : self.total_size : self.num_replicas])
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def _order(self, epoch: int) -> list[int]:
+        rng = random.Random(self.seed + epoch)
         order = list(range(len(self.lengths)))
         rng.shuffle(order)
         windows = [order[i : i + self.window] for i in range(0, len(order), self.window)]
@@ -85,7 +118,7 @@ class LengthGroupedSampler(Sampler[int]):
             w = sorted(w, key=lambda i: -self.lengths[i])
             grouped.extend(w[i : i + self.batch_size] for i in range(0, len(w), self.batch_size))
         rng.shuffle(grouped)  # batches of similar length, in random order
-        return iter([i for batch in grouped for i in batch])
+        return [i for batch in grouped for i in batch]
 
 
 def split_train_val(items: list[Any], val_fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
@@ -311,7 +344,13 @@ class SFTDataModule(RecordDataModule):
             return self._loader(self.train_dataset, PackedCollator(self.pad_token_id), shuffle=True)
         collate = SFTCollator(self.pad_token_id)
         if self.group_by_length:
-            sampler = LengthGroupedSampler(self.train_lengths, self.batch_size, seed=self.seed)
+            # Group by the global batch: under DDP each rank takes a strided share of every group, so N processes
+            # see exactly the examples one process would see in a batch N times larger.
+            world = self.trainer.world_size if self.trainer is not None else 1
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            sampler = LengthGroupedSampler(
+                self.train_lengths, self.batch_size * world, seed=self.seed, num_replicas=world, rank=rank
+            )
             return self._loader(self.train_dataset, collate, sampler=sampler)
         return self._loader(self.train_dataset, collate, shuffle=True)
 
@@ -332,9 +371,163 @@ class SFTDataModule(RecordDataModule):
         return pad / max(total, 1)
 
 
-def steps_per_epoch(n_batches: int, accumulate: int) -> int:
-    return math.ceil(n_batches / accumulate)
+# --------------------------------------------------------------------------- preferences (reward model)
 
 
-def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items()}
+class PreferenceCollator:
+    """Batch tokenised ranking examples: every completion of every prompt is one right-padded row.
+
+    Each example is ``{"prompt_ids": list[int], "completion_ids": list[list[int]], "ranks": list[int]}``. The batch
+    holds ``input_ids`` and ``attention_mask`` (n, length) with n = the sum of K over the prompts, ``group_ids``
+    (n,) the prompt of each row (0 .. prompts-1) and ``ranks`` (n,) its rank within the prompt (0 = best).
+
+    Args:
+        pad_token_id: The pad token (never EOS, so the RM finds each row's EOS as its last non-pad token).
+    """
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        seqs, group_ids, ranks = [], [], []
+        for g, e in enumerate(examples):
+            for completion_ids, rank in zip(e["completion_ids"], e["ranks"], strict=True):
+                seqs.append(e["prompt_ids"] + completion_ids)
+                group_ids.append(g)
+                ranks.append(rank)
+        return {
+            "input_ids": pad_right(seqs, self.pad_token_id),
+            "attention_mask": pad_right([[1] * len(s) for s in seqs], 0),
+            "group_ids": torch.tensor(group_ids, dtype=torch.long),
+            "ranks": torch.tensor(ranks, dtype=torch.long),
+        }
+
+
+class PreferenceDataModule(RecordDataModule):
+    """Ranked completions for the reward model (InstructGPT step 2); one prompt with its K completions is one
+    batch element.
+
+    Args:
+        train_files: Training records: a path, glob or list (JSONL, JSON, Parquet, CSV or a saved dataset).
+            Formats: ``{"prompt", "chosen", "rejected"}``; hh-rlhf ``{"chosen", "rejected"}`` dialogues;
+            ``{"prompt", "completions", "ranking"}`` with K >= 2 (indices best first); prompts may be message lists.
+        val_files: Validation records; when None, ``val_split`` of the training prompts is held out.
+        tokenizer_name_or_path: Tokenizer to encode with; linked from the model's options by the CLI.
+        world_dir: Build the instruction world here first and read its rankings (``rm/``) when no files are given.
+        val_split: Fraction of training prompts held out when there are no ``val_files``.
+        max_length: Longest prompt + completion in tokens.
+        template: ``auto`` uses the tokenizer's chat template when it has one; ``plain`` always uses the HH format.
+        truncation: Too-long examples: ``left_truncate`` drops the oldest prompt tokens (the same for all K
+            completions; the completions are never cut, since the reward is read at their EOS), ``skip`` drops the
+            prompt, ``error`` stops naming the record.
+        ties: A tie in a ranking: ``error`` stops naming the record; ``drop`` keeps it, tied completions form no pair.
+        on_bad_record: ``error`` stops before training listing bad records with file:line; ``skip`` drops them
+            and logs the count.
+        group_by_length: Batch prompts of similar length together (little padding).
+        batch_size: Prompts per micro-batch on one process; the forward pass holds the sum of their K completions.
+        num_workers: DataLoader worker processes.
+        seed: Seed for the validation split, shuffling and the world.
+    """
+
+    world_train_key = "rm/train.jsonl"
+    world_val_key = "rm/val.jsonl"
+
+    def __init__(
+        self,
+        train_files: Files = None,
+        val_files: Files = None,
+        tokenizer_name_or_path: str | None = None,
+        world_dir: str | None = None,
+        val_split: float = 0.05,
+        max_length: int = 512,
+        template: Template = "auto",
+        truncation: Truncation = "left_truncate",
+        ties: TiePolicy = "error",
+        on_bad_record: OnError = "error",
+        group_by_length: bool = True,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        seed: int = 42,
+    ) -> None:
+        super().__init__(
+            train_files=train_files,
+            val_files=val_files,
+            tokenizer_name_or_path=tokenizer_name_or_path,
+            world_dir=world_dir,
+            val_split=val_split,
+            max_length=max_length,
+            template=template,
+            on_bad_record=on_bad_record,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            seed=seed,
+        )
+        self.save_hyperparameters()
+        self.truncation = truncation
+        self.ties = ties
+        self.group_by_length = group_by_length
+        self.counts: dict[str, TokenCounts] = {}
+        self.train_examples: list[RankingExample] = []
+
+    def prepare_data(self) -> None:
+        """Build the world, then its rankings when the world has none yet (seeded; skipped when present)."""
+        super().prepare_data()
+        if self.world_dir is not None:
+            from lit_rlhf.world.rankings import write_world_rankings
+
+            write_world_rankings(self.world_dir, seed=self.seed)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return
+        tokenizer = self.load_tokenizer()
+        train, val = self.load_split(functools.partial(parse_ranking_record, ties=self.ties))
+        self.train_examples = train
+        train_rows, self.counts["train"] = self.encode(train)
+        val_rows, self.counts["val"] = self.encode(val)
+        for split, counts in self.counts.items():
+            log.info(
+                "%s: %d prompts, %d left-truncated, %d skipped as too long",
+                split, counts.examples, counts.truncated, counts.skipped,
+            )  # fmt: skip
+        if not train_rows:
+            raise DataError(f"no training prompt fits max_length={self.max_length} (--data.max_length)")
+        self.train_lengths = [len(r["prompt_ids"]) + max(map(len, r["completion_ids"])) for r in train_rows]
+        self.train_dataset = ListDataset(train_rows)
+        self.val_dataset = ListDataset(val_rows)
+        self.pad_token_id = tokenizer.pad_token_id
+
+    def encode(self, examples: list[RankingExample]) -> tuple[list[dict[str, Any]], TokenCounts]:
+        """Tokenise each prompt once and its K completions, with the SFT template and truncation policy."""
+        tokenizer = self.load_tokenizer()
+        counts = TokenCounts()
+        rows = []
+        for ex in examples:
+            prompt_ids = encode_prompt(tokenizer, ex.prompt, self.template)
+            completion_ids = [encode_completion(tokenizer, ex.prompt, c, self.template) for c in ex.completions]
+            longest = max(completion_ids, key=len)
+            fitted = fit_to_length(prompt_ids, longest, self.max_length, self.truncation, ex.source)
+            if fitted is None:
+                counts.skipped += 1
+                counts.skipped_sources.append(str(ex.source))
+                continue
+            counts.truncated += len(fitted[0]) < len(prompt_ids)
+            counts.examples += 1
+            rows.append({"prompt_ids": fitted[0], "completion_ids": completion_ids, "ranks": list(ex.ranks)})
+        return rows, counts
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_dataset is not None, "call setup() first"
+        collate = PreferenceCollator(self.pad_token_id)
+        if self.group_by_length:
+            world = self.trainer.world_size if self.trainer is not None else 1
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            sampler = LengthGroupedSampler(
+                self.train_lengths, self.batch_size * world, seed=self.seed, num_replicas=world, rank=rank
+            )
+            return self._loader(self.train_dataset, collate, sampler=sampler)
+        return self._loader(self.train_dataset, collate, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_dataset is not None, "call setup() first"
+        return self._loader(self.val_dataset, PreferenceCollator(self.pad_token_id))

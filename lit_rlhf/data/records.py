@@ -8,6 +8,8 @@ Record formats (see DESIGN.md):
 
 * SFT: ``{"prompt", "completion"}``; ``{"messages": [{"role", "content"}, ...]}`` whose last message is the
   assistant's answer; Alpaca ``{"instruction", "input", "output"}``.
+* RM: pairs ``{"prompt", "chosen", "rejected"}``; hh-rlhf ``{"chosen", "rejected"}`` dialogues; K-wise
+  ``{"prompt", "completions", "ranking"}`` (see :func:`parse_ranking_record`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,3 +260,204 @@ def load_records(
     if not parsed:
         raise DataError(f"{files}: no usable records ({len(errors)} skipped)")
     return parsed, errors
+
+
+# --------------------------------------------------------------------------- preference and ranking records
+
+TiePolicy = Literal["error", "drop"]
+"""What a tie in a ranking means: ``error`` stops; ``drop`` keeps the record, tied completions form no pair."""
+
+HH_ASSISTANT_CUE = "\n\nAssistant:"
+_HH_TURN = re.compile(r"\n\n(Human|Assistant|System):")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant", "System": "system"}
+
+
+@dataclass(frozen=True)
+class RankingExample:
+    """One prompt and K >= 2 distinct completions ranked by quality (a pair is K = 2).
+
+    Attributes:
+        prompt: The messages before the answers; rendered with the same template as SFT.
+        completions: The K answers, in file order.
+        ranks: The rank of each completion, 0 = best; equal ranks are ties (only with tie policy ``drop``).
+        source: Where the record came from.
+    """
+
+    prompt: list[Message]
+    completions: list[str]
+    ranks: list[int]
+    source: Source
+
+
+def parse_hh_dialogue(text: str, source: Source, key: str = "prompt") -> list[Message]:
+    """Split an HH-format dialogue (``"\\n\\nHuman: ...\\n\\nAssistant: ..."``) into messages.
+
+    A trailing empty ``"\\n\\nAssistant:"`` (the cue for the answer) is dropped, so
+    ``render_plain(parse_hh_dialogue(p))`` gives back ``p`` (plus the cue when ``p`` had none). One space after each
+    ``Role:`` is part of the format, not of the content.
+    """
+    if not _HH_TURN.match(text):
+        raise DataError(f"{source}: {key!r} is not an HH dialogue (it must start with '\\n\\nHuman:')")
+    parts = _HH_TURN.split(text)[1:]  # [role, content, role, content, ...]
+    messages = [
+        {"role": _HH_ROLES[role], "content": content[1:] if content.startswith(" ") else content}
+        for role, content in zip(parts[::2], parts[1::2], strict=True)
+    ]
+    if messages[-1]["role"] == "assistant" and not messages[-1]["content"]:
+        messages.pop()
+    if not messages or messages[-1]["role"] != "user":
+        raise DataError(f"{source}: {key!r} must end with a Human turn (or the '\\n\\nAssistant:' cue after one)")
+    return messages
+
+
+def _prompt_messages(value: Any, source: Source, key: str) -> list[Message]:
+    if isinstance(value, list):
+        messages = parse_messages(value, source, key)
+        if messages[-1]["role"] != "user":
+            raise DataError(f"{source}: the last message of {key!r} must be the user's")
+        return messages
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{source}: {key!r} must be a non-empty string or a list of messages")
+    if _HH_TURN.match(value):
+        return parse_hh_dialogue(value, source, key)
+    return [{"role": "user", "content": value}]
+
+
+def split_hh_pair(chosen: str, rejected: str, source: Source) -> tuple[list[Message], str, str]:
+    """Split two hh-rlhf dialogues into the shared prompt and the two final answers.
+
+    The prompt is the common prefix of both, cut back to its last ``"\\n\\nAssistant:"``; each answer is the rest
+    (without the one space the format puts after ``Assistant:``). An answer may be empty: hh-rlhf has a few
+    rejected answers in which the assistant said nothing, a real (bad) response that the RM scores.
+    """
+    common = os.path.commonprefix([chosen, rejected])
+    cut = common.rfind(HH_ASSISTANT_CUE)
+    if cut < 0:
+        raise DataError(f"{source}: 'chosen' and 'rejected' share no prefix ending in '\\n\\nAssistant:'")
+    prompt_text = chosen[: cut + len(HH_ASSISTANT_CUE)]
+    answers = []
+    for text in (chosen, rejected):
+        answer = text[len(prompt_text) :]
+        answers.append(answer[1:] if answer.startswith(" ") else answer)
+    return parse_hh_dialogue(prompt_text, source), answers[0], answers[1]
+
+
+def _completion_text(value: Any, source: Source, key: str, allow_empty: bool = False) -> str:
+    """A completion given as a string or as a one-message assistant list (TRL's conversational format)."""
+    if isinstance(value, list):
+        messages = parse_messages(value, source, key)
+        if len(messages) != 1 or messages[0]["role"] != "assistant":
+            raise DataError(f"{source}: {key!r} as messages must be exactly one assistant message")
+        value = messages[0]["content"]
+    if not isinstance(value, str):
+        raise DataError(f"{source}: {key!r} must be a string, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise DataError(f"{source}: {key!r} is empty")
+    return value
+
+
+def _split_message_pair(chosen: Any, rejected: Any, source: Source) -> tuple[list[Message], Any, Any]:
+    """Full conversations as message lists: the prompt is the common leading messages."""
+    chosen_m = parse_messages(chosen, source, "chosen")
+    rejected_m = parse_messages(rejected, source, "rejected")
+    n = 0
+    while n < min(len(chosen_m), len(rejected_m)) - 1 and chosen_m[n] == rejected_m[n]:
+        n += 1
+    if n == 0:
+        raise DataError(f"{source}: 'chosen' and 'rejected' conversations share no prompt messages")
+    return _prompt_messages(chosen_m[:n], source, "chosen"), chosen_m[n:], rejected_m[n:]
+
+
+def parse_ranks(ranking: Any, k: int, source: Source, ties: TiePolicy = "error") -> list[int]:
+    """Turn ``ranking`` (indices into the K completions, best first) into a rank per completion.
+
+    An entry may be a list of indices: a tie group (allowed with ``ties="drop"``). Every index 0..K-1 must appear
+    exactly once. Returns ``ranks[i]``, the rank of completion ``i`` (0 = best).
+    """
+    if not isinstance(ranking, list) or not ranking:
+        raise DataError(f"{source}: 'ranking' must be a non-empty list of completion indices, best first")
+    groups = [entry if isinstance(entry, list) else [entry] for entry in ranking]
+    flat = [i for group in groups for i in group]
+    problems = []
+    if any(not isinstance(i, int) or isinstance(i, bool) for i in flat):
+        raise DataError(f"{source}: 'ranking' entries must be integer indices (or lists of them for ties)")
+    if len(flat) != k:
+        problems.append(f"'ranking' has {len(flat)} indices but there are K = {k} completions")
+    out_of_range = sorted({i for i in flat if not 0 <= i < k})
+    if out_of_range:
+        problems.append(f"'ranking' holds {out_of_range}, not indices of the {k} completions (0..{k - 1})")
+    repeated = sorted({i for i in flat if flat.count(i) > 1})
+    if repeated:
+        problems.append(f"'ranking' repeats index {repeated}")
+    missing = sorted(set(range(k)) - set(flat))
+    if missing:
+        problems.append(f"'ranking' misses index {missing}")
+    if problems:
+        raise DataError(f"{source}: " + "; ".join(problems))
+    tied = [group for group in groups if len(group) > 1]
+    if tied and ties == "error":
+        raise DataError(
+            f"{source}: 'ranking' has ties {tied}; set the tie policy to 'drop' (--data.ties=drop) to keep the "
+            "record with tied completions unpaired"
+        )
+    if len(groups) < 2:
+        raise DataError(f"{source}: every completion is tied: the ranking orders no pair")
+    ranks = [0] * k
+    for rank, group in enumerate(groups):
+        for i in group:
+            ranks[i] = rank
+    return ranks
+
+
+def parse_ranking_record(record: Any, source: Source, ties: TiePolicy = "error") -> RankingExample:
+    """Turn one raw preference record into a :class:`RankingExample`.
+
+    Formats: ``{"prompt", "chosen", "rejected"}`` (K = 2); hh-rlhf ``{"chosen", "rejected"}`` full dialogues
+    (prompt = the common prefix through the last ``"\\n\\nAssistant:"``); ``{"prompt", "completions", "ranking"}``
+    (indices best first; a nested list is a tie group). ``prompt`` may be a string, an HH dialogue string or a list
+    of messages (``messages`` is accepted as its name); ``chosen`` and ``rejected`` may also be message lists
+    (a one-message assistant answer after ``prompt``, or full conversations sharing the prompt messages).
+    """
+    if not isinstance(record, dict):
+        raise DataError(f"{source}: a record must be a JSON object, got {type(record).__name__}")
+    prompt_key = "prompt" if "prompt" in record else "messages" if "messages" in record else None
+    if "completions" in record or "ranking" in record:
+        if prompt_key is None:
+            raise DataError(f"{source}: a ranking record needs 'prompt' (keys: {sorted(record)})")
+        prompt = _prompt_messages(record[prompt_key], source, prompt_key)
+        values = record.get("completions")
+        if not isinstance(values, list):
+            raise DataError(f"{source}: 'completions' must be a list of K >= 2 strings")
+        if len(values) < 2:
+            raise DataError(f"{source}: K = {len(values)} completion(s); a ranking needs K >= 2")
+        completions = [_completion_text(v, source, f"completions[{i}]") for i, v in enumerate(values)]
+        ranks = parse_ranks(record.get("ranking"), len(completions), source, ties)
+    elif "chosen" in record and "rejected" in record:
+        chosen, rejected = record["chosen"], record["rejected"]
+        hh_dialogues = prompt_key is None and isinstance(chosen, str) and isinstance(rejected, str)
+        if prompt_key is not None:
+            prompt = _prompt_messages(record[prompt_key], source, prompt_key)
+        elif hh_dialogues:
+            prompt, chosen, rejected = split_hh_pair(chosen, rejected, source)
+        elif isinstance(chosen, list) and isinstance(rejected, list):
+            prompt, chosen, rejected = _split_message_pair(chosen, rejected, source)
+        else:
+            raise DataError(f"{source}: without 'prompt', 'chosen' and 'rejected' must be full dialogues")
+        completions = [
+            _completion_text(chosen, source, "chosen", allow_empty=hh_dialogues),
+            _completion_text(rejected, source, "rejected", allow_empty=hh_dialogues),
+        ]
+        ranks = [0, 1]
+    else:
+        raise DataError(
+            f"{source}: unknown preference record with keys {sorted(record)}; expected 'prompt'+'chosen'+'rejected', "
+            "hh-rlhf 'chosen'+'rejected' dialogues, or 'prompt'+'completions'+'ranking'"
+        )
+    seen: dict[str, int] = {}
+    for i, text in enumerate(completions):
+        if text in seen:
+            raise DataError(
+                f"{source}: completions {seen[text]} and {i} are the same string; a ranking needs distinct ones"
+            )
+        seen[text] = i
+    return RankingExample(prompt, completions, ranks, source)

@@ -1,0 +1,115 @@
+"""The `lit-rlhf` CLI: a stage runs from YAML, --print_config round-trips, --help explains, shipped configs parse."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lit_rlhf.cli import main
+from lit_rlhf.models import read_export_metadata
+from tests.conftest import REPO, TINY_GPT2, reverse_records, write_jsonl
+
+
+def _config(tmp_path: Path, tokenizer_dir: Path, logger=False) -> Path:
+    train = write_jsonl(tmp_path / "train.jsonl", reverse_records(32))
+    cfg = {
+        "seed_everything": 0,
+        "trainer": {
+            "default_root_dir": str(tmp_path / "run"),
+            "max_steps": 3,
+            "enable_progress_bar": False,
+            "num_sanity_val_steps": 0,
+        },
+        "model": {
+            "class_path": "lit_rlhf.sft.SFTModule",
+            "init_args": {
+                "model_name_or_path": "scratch:gpt2",
+                "tokenizer_name_or_path": str(tokenizer_dir),
+                "model_config": TINY_GPT2,
+                "num_sample_prompts": 1,
+            },
+        },
+        "data": {
+            "class_path": "lit_rlhf.data.modules.SFTDataModule",
+            "init_args": {"train_files": str(train), "batch_size": 4, "val_split": 0.25},
+        },
+    }
+    if logger is not None:
+        cfg["trainer"]["logger"] = logger
+    path = tmp_path / "sft.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _run(args: list[str]) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            main(args)
+        except SystemExit as e:
+            assert e.code in (0, None), out.getvalue()
+    return out.getvalue()
+
+
+def test_fit_from_yaml_exports_and_print_config_round_trips(tmp_path, tokenizer_dir):
+    cfg = _config(tmp_path, tokenizer_dir)
+    printed = _run(["fit", "-c", str(cfg), "--print_config"])
+    parsed = yaml.safe_load(printed)
+    assert parsed["model"]["init_args"]["model_name_or_path"] == "scratch:gpt2"
+    # the tokenizer is given once, on the model, and linked into the data module
+    assert parsed["data"]["init_args"].get("tokenizer_name_or_path") in (None, str(tokenizer_dir))
+    round_trip = tmp_path / "printed.yaml"
+    round_trip.write_text(printed)
+    _run(["fit", "-c", str(round_trip), "--model.export_dir", str(tmp_path / "exported")])
+    meta = read_export_metadata(tmp_path / "exported")
+    assert meta is not None and meta["stage"] == "sft" and meta["global_step"] == 3
+
+
+def test_help_explains_the_options():
+    text = _run(["fit", "--model.help", "SFTModule"])
+    assert "--model.model_name_or_path" in text and "scratch:gpt2" in text
+    assert "--model.export_dir" in text and "default_root_dir" in text
+    text = _run(["fit", "--data.help", "SFTDataModule"])
+    assert "--data.train_files" in text and "--data.val_files" in text and "left_truncate" in text
+    assert "lit-rlhf" in _run(["--help"])
+
+
+def test_bad_data_option_names_the_flag(tmp_path, tokenizer_dir):
+    cfg = _config(tmp_path, tokenizer_dir)
+    with pytest.raises((ValueError, SystemExit)) as err:
+        with contextlib.redirect_stderr(io.StringIO()) as stderr:
+            main(["fit", "-c", str(cfg), "--data.batch_size", "0"])
+    text = str(err.value) + (stderr.getvalue() if err.type is SystemExit else "")
+    assert "--data.batch_size must be >= 1" in text
+
+
+def test_default_logger_is_wandb_offline_without_a_key(tmp_path, tokenizer_dir, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    cfg = _config(tmp_path, tokenizer_dir, logger=None)  # the CLI's default logger
+    _run(["fit", "-c", str(cfg)])
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, f"no offline W&B run under {tmp_path / 'run'}: {os.listdir(tmp_path / 'run')}"
+    assert list(runs[0].glob("*.wandb")), "the run directory holds the offline log"
+
+
+def test_logger_swaps_to_csv(tmp_path, tokenizer_dir):
+    cfg = _config(tmp_path, tokenizer_dir)
+    _run(["fit", "-c", str(cfg), "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+          "--trainer.logger.save_dir", str(tmp_path / "csv"), "--trainer.log_every_n_steps", "1"])  # fmt: skip
+    metrics = list((tmp_path / "csv").rglob("metrics.csv"))
+    assert metrics and "train/loss" in metrics[0].read_text()
+
+
+@pytest.mark.parametrize("config", sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")))
+def test_shipped_configs_parse(config, monkeypatch):
+    monkeypatch.chdir(REPO)
+    subcommand = yaml.safe_load((REPO / config).read_text()).get("subcommand", "fit")
+    printed = _run([subcommand, "-c", config, "--print_config"])
+    assert yaml.safe_load(printed)["model"]["class_path"].startswith("lit_rlhf.")

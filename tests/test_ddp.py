@@ -1,0 +1,65 @@
+"""DDP on CPU: two processes train exactly as one process on the same global batch.
+
+Tolerance: the loss is normalised by the tokens of the global batch (see SFTModule.training_step), so the two runs
+differ only by float reduction order: logged losses within 1e-5, weights within 1e-5 absolute.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tests.conftest import TINY_GPT2, reverse_records, write_jsonl
+
+
+def _losses(metrics_dir) -> list[float]:
+    (path,) = list(metrics_dir.rglob("metrics.csv"))
+    rows = list(csv.DictReader(open(path)))
+    return [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+
+
+def test_two_ddp_processes_match_one_process(tmp_path, tokenizer_dir):
+    train = write_jsonl(tmp_path / "train.jsonl", reverse_records(64, seed=3))
+    cfg = {
+        "seed_everything": 0,
+        "trainer": {"accelerator": "cpu", "max_steps": 4, "log_every_n_steps": 1, "num_sanity_val_steps": 0,
+                    "limit_val_batches": 0, "enable_progress_bar": False, "enable_checkpointing": False},
+        "model": {"class_path": "lit_rlhf.sft.SFTModule",
+                  "init_args": {"model_name_or_path": "scratch:gpt2", "tokenizer_name_or_path": str(tokenizer_dir),
+                                "model_config": TINY_GPT2, "dropout": 0.0, "learning_rate": 1e-3, "warmup": 0,
+                                "num_sample_prompts": 0}},
+        "data": {"class_path": "lit_rlhf.data.modules.SFTDataModule",
+                 "init_args": {"train_files": str(train), "val_files": str(train)}},
+    }  # fmt: skip
+    config = tmp_path / "ddp.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(name: str, devices: int, batch_size: int) -> None:
+        root = tmp_path / name
+        cmd = [
+            sys.executable, "-m", "lit_rlhf.cli", "fit", "-c", str(config),
+            f"--trainer.devices={devices}", f"--trainer.strategy={'ddp' if devices > 1 else 'auto'}",
+            f"--data.batch_size={batch_size}", f"--trainer.default_root_dir={root}",
+            "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={root}",
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    run("one", devices=1, batch_size=8)
+    run("two", devices=2, batch_size=4)
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert len(one) == len(two) == 4
+    assert one == pytest.approx(two, abs=1e-5)
+    assert one[-1] < one[0], "it trained"
+    w1 = load_file(tmp_path / "one" / "hf" / "model.safetensors")
+    w2 = load_file(tmp_path / "two" / "hf" / "model.safetensors")
+    for name in w1:
+        torch.testing.assert_close(w1[name], w2[name], atol=1e-5, rtol=0)
