@@ -21,6 +21,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 # Importing the modules registers them as choices for --model and --data.
 from lit_rlhf import data as _data  # noqa: F401
+from lit_rlhf import distributed as _distributed  # noqa: F401  (registers --trainer.strategy=fsdp2)
 from lit_rlhf.data.modules import SFTDataModule  # noqa: F401
 from lit_rlhf.loggers import WandbLogger
 from lit_rlhf.sft import SFTModule  # noqa: F401
@@ -59,11 +60,9 @@ class LitRLHFCLI(LightningCLI):
                 lg.init_args.save_dir = str(root)
 
 
-def main(args: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
-    for noisy in ("httpx", "urllib3", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    LitRLHFCLI(
+def build_cli(args: list[str] | None = None, run: bool = True) -> LitRLHFCLI:
+    """The ``lit-rlhf`` CLI; ``run=False`` only instantiates model, data and trainer (benchmarks, notebooks)."""
+    return LitRLHFCLI(
         model_class=L.LightningModule,
         datamodule_class=L.LightningDataModule,
         subclass_mode_model=True,
@@ -74,7 +73,15 @@ def main(args: list[str] | None = None) -> None:
         auto_configure_optimizers=False,  # each stage builds its own optimisers (PPO has two)
         parser_kwargs={"description": __doc__.split("\n\n")[0]},
         args=args,
+        run=run,
     )
+
+
+def main(args: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    for noisy in ("httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    build_cli(args)
 
 
 if __name__ == "__main__":

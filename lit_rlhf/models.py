@@ -343,15 +343,18 @@ def export_pretrained(
     tokenizer: PreTrainedTokenizerBase,
     export_dir: str | os.PathLike,
     metadata: dict[str, Any] | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``model`` (LoRA merged) and ``tokenizer`` as a Hugging Face directory, atomically.
+
+    ``state_dict`` replaces the model's own weights (the gathered weights of a sharded model).
 
     The directory holds safetensors weights, the config, the tokenizer and ``lit_rlhf.json`` (the stage and its
     settings), written last so its presence marks a finished export.
     """
     plain = unwrap_lora(model)
     with atomic_directory(export_dir) as tmp:
-        plain.save_pretrained(tmp, safe_serialization=True)
+        plain.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         meta = {"lit_rlhf_version": _version(), **(metadata or {})}
         (tmp / MARKER_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")

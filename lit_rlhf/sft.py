@@ -90,6 +90,7 @@ class SFTModule(StageModule):
             gradient_checkpointing=hp.gradient_checkpointing,
             lora=hp.lora,
         )
+        self.shard(self.model)
         trainable, total = count_parameters(self.model)
         log.info("model %s: %.2fM parameters, %.2fM trainable", hp.model_name_or_path, total / 1e6, trainable / 1e6)
 

@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from lit_rlhf.distributed import full_state_dict, is_fsdp2, shard_model
 from lit_rlhf.models import export_pretrained
 
 log = logging.getLogger(__name__)
@@ -59,11 +60,20 @@ class StageModule(L.LightningModule):
     def export(self) -> Path | None:
         """Write the trained model as a Hugging Face directory (rank 0; atomic)."""
         path = self.resolved_export_dir()
+        state_dict = full_state_dict(self.model)  # gathered from every rank when FSDP2 shards the model
         if self.trainer.is_global_zero:
-            export_pretrained(self.model, self.tokenizer, path, self.export_metadata())
+            export_pretrained(self.model, self.tokenizer, path, self.export_metadata(), state_dict=state_dict)
             print(f"[lit-rlhf] {self.stage}: Hugging Face model written to {path}")
         self.trainer.strategy.barrier("export")
         return path
+
+    def shard(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Shard ``model`` with FSDP2 when the strategy is ``fsdp2`` (call at the end of ``configure_model``)."""
+        if is_fsdp2(self.trainer.strategy):
+            precision = self.trainer.precision
+            dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
+            shard_model(model, self.device_mesh["data_parallel"], mixed_precision=dtype)
+        return model
 
     def check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
         """Stop on a non-finite loss, naming the step; the last good checkpoint is left as it was."""

@@ -1,4 +1,4 @@
-"""DDP on CPU: two processes train exactly as one process on the same global batch.
+"""DDP and FSDP2 on CPU: two processes train exactly as one process on the same global batch.
 
 Tolerance: the loss is normalised by the tokens of the global batch (see SFTModule.training_step), so the two runs
 differ only by float reduction order: logged losses within 1e-5, weights within 1e-5 absolute.
@@ -25,7 +25,8 @@ def _losses(metrics_dir) -> list[float]:
     return [float(r["train/loss"]) for r in rows if r.get("train/loss")]
 
 
-def test_two_ddp_processes_match_one_process(tmp_path, tokenizer_dir):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_processes_match_one_process(tmp_path, tokenizer_dir, strategy):
     train = write_jsonl(tmp_path / "train.jsonl", reverse_records(64, seed=3))
     cfg = {
         "seed_everything": 0,
@@ -42,11 +43,11 @@ def test_two_ddp_processes_match_one_process(tmp_path, tokenizer_dir):
     config.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
-    def run(name: str, devices: int, batch_size: int) -> None:
+    def run(name: str, devices: int, batch_size: int, strategy: str = "auto") -> None:
         root = tmp_path / name
         cmd = [
             sys.executable, "-m", "lit_rlhf.cli", "fit", "-c", str(config),
-            f"--trainer.devices={devices}", f"--trainer.strategy={'ddp' if devices > 1 else 'auto'}",
+            f"--trainer.devices={devices}", f"--trainer.strategy={strategy}",
             f"--data.batch_size={batch_size}", f"--trainer.default_root_dir={root}",
             "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={root}",
         ]  # fmt: skip
@@ -54,7 +55,7 @@ def test_two_ddp_processes_match_one_process(tmp_path, tokenizer_dir):
         assert proc.returncode == 0, proc.stderr[-3000:]
 
     run("one", devices=1, batch_size=8)
-    run("two", devices=2, batch_size=4)
+    run("two", devices=2, batch_size=4, strategy=strategy)
     one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert len(one) == len(two) == 4
     assert one == pytest.approx(two, abs=1e-5)

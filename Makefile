@@ -1,0 +1,29 @@
+# Set-up and the two everyday commands. `make demo` runs the embedded default; `make test` runs lint + tests.
+# Each installs what it needs into .venv first (CPU torch pinned by constraints/cpu.txt).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml constraints/cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -c constraints/cpu.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/lit-rlhf fit -c configs/sft/tiny.yaml
+
+lint: install
+	$(BIN)/ruff check lit_rlhf tests benchmarks
+
+# pytest exits 5 when it collects nothing: that is a failure here, not a pass.
+test: lint
+	$(BIN)/python -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+clean:
+	rm -rf runs wandb lightning_logs .pytest_cache
