@@ -1,0 +1,302 @@
+"""Prompts for PPO and the pretraining text PPO-ptx mixes in (InstructGPT step 3).
+
+Records (see DESIGN.md): prompts are ``{"prompt": str}`` or ``{"messages": [...]}`` (a conversation ending with the
+user's turn; an SFT record's trailing assistant answer is dropped, so SFT files serve as prompt files). Pretraining
+text is ``{"text": str}``.
+
+Which prompts a process sees does not depend on how many processes there are: one seeded permutation per epoch
+is dealt out in strides (``DistributedSampler``), so the first global batch of N processes with ``batch_size`` B
+holds the same prompts as one process with ``batch_size`` N x B. Each prompt carries its dataset ``index``, from
+which PPO derives its sampling seed; together these make the rollout independent of the number of processes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from lit_rlhf.data.collate import IGNORE_INDEX, Template, encode_prompt, pad_left, pad_right
+from lit_rlhf.data.modules import Files, ListDataset, RecordDataModule
+from lit_rlhf.data.records import DataError, Message, Source, load_records, parse_messages, require_str
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PromptExample:
+    """One PPO prompt.
+
+    Attributes:
+        prompt: The conversation so far, ending with the user's turn.
+        source: Where the record came from.
+    """
+
+    prompt: list[Message]
+    source: Source
+
+
+def parse_prompt_record(record: Any, source: Source) -> PromptExample:
+    """Turn ``{"prompt"}`` or ``{"messages"}`` into a :class:`PromptExample` (other keys are ignored)."""
+    if not isinstance(record, dict):
+        raise DataError(f"{source}: a record must be a JSON object, got {type(record).__name__}")
+    if "messages" in record:
+        messages = parse_messages(record["messages"], source)
+        while messages and messages[-1]["role"] == "assistant":
+            messages = messages[:-1]  # an SFT record: its answer is what PPO must now generate
+        if not messages or messages[-1]["role"] != "user":
+            raise DataError(f"{source}: the messages must end with a user turn for the policy to answer")
+        return PromptExample(messages, source)
+    if "prompt" in record:
+        return PromptExample([{"role": "user", "content": require_str(record, "prompt", source)}], source)
+    raise DataError(f"{source}: unknown prompt record with keys {sorted(record)}; expected 'prompt' or 'messages'")
+
+
+def parse_text_record(record: Any, source: Source) -> str:
+    """The ``text`` of a pretraining record ``{"text": str}``."""
+    if not isinstance(record, dict):
+        raise DataError(f"{source}: a record must be a JSON object, got {type(record).__name__}")
+    return require_str(record, "text", source)
+
+
+@dataclass
+class PromptCollator:
+    """Left-pad prompts for generation.
+
+    Each example is ``{"prompt_ids": list[int], "index": int}``. The batch holds ``input_ids`` (batch, prompt_len)
+    left-padded, ``attention_mask`` (batch, prompt_len) bool, True on prompt tokens, and ``index`` (batch,) the
+    dataset index of each prompt.
+    """
+
+    pad_token_id: int
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        input_ids, attention_mask = pad_left([e["prompt_ids"] for e in examples], self.pad_token_id)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask.bool(),
+            "index": torch.tensor([e["index"] for e in examples], dtype=torch.long),
+        }
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader that can skip the batches of the current epoch a checkpoint had already consumed.
+
+    Lightning restarts a plain DataLoader from the top of the epoch when resuming mid-epoch; the DataModule sets
+    :attr:`skip_batches` from its checkpoint state, and the next iteration drops that many batches once.
+    """
+
+    skip_batches: int = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        skip, self.skip_batches = self.skip_batches, 0
+        for i, batch in enumerate(super().__iter__()):
+            if i >= skip:
+                yield batch
+
+
+class PretrainingStream:
+    """Pretraining sequences drawn without replacement, as a pure function of (iteration, rank).
+
+    The stream is the concatenation of seeded permutations of the dataset (one per pass). Iteration ``t`` on rank
+    ``r`` of ``W`` takes the ``n`` items starting at position ``(t * W + r) * n``, so a resumed run draws exactly
+    what an uninterrupted one would, with no loader state to save.
+
+    Args:
+        sequences: Token ids of each pretraining example (already cut to ``max_length``).
+        pad_token_id: Pad id for right padding.
+        seed: Seed of the permutations.
+    """
+
+    def __init__(self, sequences: list[list[int]], pad_token_id: int, seed: int) -> None:
+        if not sequences:
+            raise DataError("no pretraining sequences")
+        self.sequences = sequences
+        self.pad_token_id = pad_token_id
+        self.seed = seed
+        self._perms: dict[int, list[int]] = {}
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def _item(self, position: int) -> list[int]:
+        n = len(self.sequences)
+        epoch, offset = divmod(position, n)
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            self._perms = {epoch: torch.randperm(n, generator=g).tolist()}  # keep one pass in memory
+        return self.sequences[self._perms[epoch][offset]]
+
+    def batch(self, iteration: int, rank: int, world_size: int, n: int) -> dict[str, torch.Tensor]:
+        """``n`` sequences for iteration ``iteration`` on ``rank``.
+
+        Returns:
+            ``input_ids`` (n, length) right-padded, ``attention_mask`` (n, length) bool, ``labels`` (n, length)
+            with ``IGNORE_INDEX`` on padding.
+        """
+        start = (iteration * world_size + rank) * n
+        seqs = [self._item(start + j) for j in range(n)]
+        input_ids = pad_right(seqs, self.pad_token_id)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": pad_right([[1] * len(s) for s in seqs], 0).bool(),
+            "labels": pad_right(seqs, IGNORE_INDEX),
+        }
+
+
+class PromptDataModule(RecordDataModule):
+    """Prompts for PPO and, for PPO-ptx, a stream of pretraining text.
+
+    Args:
+        train_files: Prompt records: a path, glob or list (JSONL, JSON, Parquet, CSV or a saved dataset).
+            Formats: ``{"prompt"}`` or ``{"messages": [...]}``.
+        val_files: Validation prompts (unused by PPO training itself; kept for evaluation hooks).
+        pretraining_files: Pretraining records ``{"text"}`` for PPO-ptx; needed only when
+            ``--model.ptx_coef > 0``. With ``world_dir`` set, defaults to the world's corpus.
+        tokenizer_name_or_path: Tokenizer to encode with; linked from the model's options by the CLI.
+        world_dir: Build the instruction world here first and read its prompts (and corpus) when no files are
+            given.
+        val_split: Fraction of prompts held out when there are no ``val_files``.
+        max_length: Longest prompt in tokens; longer prompts lose their oldest tokens (``left_truncate``).
+        max_pretraining_length: Pretraining texts are cut to this many tokens (EOS appended first).
+        template: ``auto`` uses the tokenizer's chat template when it has one; ``plain`` the HH format.
+        on_bad_record: ``error`` stops before training listing bad records; ``skip`` drops them.
+        batch_size: Prompts per PPO iteration on one process: the rollout batch (``rollout_batch_size``).
+        num_workers: DataLoader worker processes.
+        seed: Seed of the prompt order, the validation split and the pretraining stream.
+    """
+
+    world_train_key = "sft/train.jsonl"
+    world_val_key = "sft/val.jsonl"
+    world_pretraining_key = "corpus/train.jsonl"
+
+    def __init__(
+        self,
+        train_files: Files = None,
+        val_files: Files = None,
+        pretraining_files: Files = None,
+        tokenizer_name_or_path: str | None = None,
+        world_dir: str | None = None,
+        val_split: float = 0.05,
+        max_length: int = 256,
+        max_pretraining_length: int = 256,
+        template: Template = "auto",
+        on_bad_record: Any = "error",
+        batch_size: int = 16,
+        num_workers: int = 0,
+        seed: int = 42,
+    ) -> None:
+        super().__init__(
+            train_files=train_files,
+            val_files=val_files,
+            tokenizer_name_or_path=tokenizer_name_or_path,
+            world_dir=world_dir,
+            val_split=val_split,
+            max_length=max_length,
+            template=template,
+            on_bad_record=on_bad_record,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            seed=seed,
+        )
+        # the tokenizer is the model's (linked by the CLI): saved once, with the model's hyperparameters
+        self.save_hyperparameters(ignore=["tokenizer_name_or_path"])
+        self.pretraining_files = pretraining_files
+        self.max_pretraining_length = max_pretraining_length
+        self.pretraining: PretrainingStream | None = None
+        self.truncated_prompts = 0
+        self._train_loader: ResumableDataLoader | None = None
+        self._skip_batches = 0
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return
+        tokenizer = self.load_tokenizer()
+        self.pad_token_id = tokenizer.pad_token_id
+        train, val = self.load_split(parse_prompt_record)
+        self.train_dataset = ListDataset(self.encode(train))
+        self.val_dataset = ListDataset(self.encode(val))
+        if self.truncated_prompts:
+            log.info("%d prompt(s) left-truncated to max_length=%d", self.truncated_prompts, self.max_length)
+
+    def encode(self, examples: list[PromptExample]) -> list[dict[str, Any]]:
+        """Tokenise prompts into ``{"prompt_ids", "index"}``, keeping the newest ``max_length`` tokens."""
+        tokenizer = self.load_tokenizer()
+        rows = []
+        for i, ex in enumerate(examples):
+            ids = encode_prompt(tokenizer, ex.prompt, self.template)
+            if len(ids) > self.max_length:
+                self.truncated_prompts += 1
+                ids = ids[-self.max_length :]
+            rows.append({"prompt_ids": ids, "index": i})
+        return rows
+
+    def resolved_pretraining_files(self) -> Files:
+        if self.pretraining_files is None and self.world_dir is not None:
+            return f"{self.world_dir}/{self.world_pretraining_key}"
+        return self.pretraining_files
+
+    def load_pretraining(self) -> PretrainingStream:
+        """Read and tokenise the pretraining text (once); each text ends with EOS and is cut to length."""
+        if self.pretraining is None:
+            files = self.resolved_pretraining_files()
+            if files is None:
+                raise ValueError(
+                    "PPO-ptx needs pretraining text: set --data.pretraining_files (records {'text': ...}) or "
+                    "--data.world_dir, or set --model.ptx_coef=0 for plain PPO"
+                )
+            tokenizer = self.load_tokenizer()
+            texts, _ = load_records(files, parse_text_record, self.on_bad_record)
+            seqs = [
+                (tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])[
+                    : self.max_pretraining_length
+                ]
+                for t in texts
+            ]
+            self.pretraining = PretrainingStream(seqs, tokenizer.pad_token_id, self.seed)
+            log.info("pretraining stream: %d sequences", len(seqs))
+        return self.pretraining
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_dataset is not None, "call setup() first"
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        # One seeded permutation dealt out in strides: the same global batches for 1 or N processes. A
+        # DistributedSampler is left as it is by Lightning; it calls set_epoch on it every epoch.
+        sampler = DistributedSampler(
+            self.train_dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed, drop_last=True
+        )
+        loader = ResumableDataLoader(
+            self.train_dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            collate_fn=PromptCollator(self.pad_token_id),
+            num_workers=self.num_workers,
+            drop_last=True,  # every rollout has exactly batch_size prompts (minibatches must divide it)
+        )
+        loader.skip_batches = self._skip_batches
+        self._skip_batches = 0
+        self._train_loader = loader
+        return loader
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_dataset is not None, "call setup() first"
+        return DataLoader(self.val_dataset, batch_size=self.batch_size, collate_fn=PromptCollator(self.pad_token_id))
+
+    # -- resume: the position inside the current epoch ----------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        done = 0
+        if self.trainer is not None:
+            done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            if done >= self.trainer.num_training_batches:
+                done = 0  # the epoch is over: a resumed run starts the next one from its first batch
+        return {"batches_done_in_epoch": int(done)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._skip_batches = int(state_dict.get("batches_done_in_epoch", 0))
+        if self._train_loader is not None:
+            self._train_loader.skip_batches = self._skip_batches

@@ -1,0 +1,639 @@
+"""PPOModule: RLHF with PPO and PPO-ptx, one PPO iteration per ``training_step`` (InstructGPT step 3).
+
+Four models: the **policy** (trained, from the SFT directory; exported at the end as a Hugging Face directory),
+the frozen **reference** (the same SFT weights; under LoRA the policy with its adapters disabled, no second
+copy), the **value model** (trained, initialised from the reward model: InstructGPT C.4) and the frozen **reward
+model** (or a Python ``reward_fn`` for rule-based rewards). Dropout is off in all four.
+
+Batch sizes, per process (each is checked at start; the derived counts are printed):
+
+- rollout batch = ``--data.batch_size``: prompts answered per PPO iteration (the DataLoader batch);
+- ``--model.minibatch_size``: episodes per optimizer step; must divide the rollout batch;
+- ``--model.micro_batch_size``: episodes per forward/backward; must divide ``minibatch_size``.
+
+One iteration = ``ppo_epochs x rollout/minibatch_size`` optimizer steps. ``trainer.global_step`` counts optimizer
+steps, so **do not use** ``--trainer.max_steps`` **to count iterations**: limit training with
+``--trainer.max_epochs`` (passes over the prompts) and ``--trainer.limit_train_batches`` (iterations per pass).
+
+Logged every iteration (names are stable; scripts may rely on them):
+
+==========================  ===================================================================================
+``ppo/score_mean``          mean reward-model score of the rollout (no-EOS penalty included), all ranks
+``ppo/score_std``           its standard deviation, all ranks
+``ppo/kl``                  mean over responses of the summed per-token KL to the reference (nats/response)
+``ppo/kl_coef``             the KL coefficient beta used for this rollout
+``ppo/entropy``             mean per-token entropy of the sampling distribution over response tokens
+``ppo/response_length``     mean response length in tokens (EOS included)
+``ppo/eos_rate``            fraction of responses that ended with EOS
+``ppo/reward_mean``         mean summed per-token reward (score - beta KL)
+``ppo/approxkl``            ``0.5 mean (logprobs - old_logprobs)^2`` over updates
+``ppo/clipfrac``            fraction of tokens where the policy clip was active
+``ppo/vf_clipfrac``         fraction of tokens where the value clip was active
+``ppo/policy_loss``         clipped surrogate loss
+``ppo/value_loss``          clipped value loss
+``ppo/explained_variance``  how much of the returns' variance the rollout values explain
+``ppo/ratio_mean``          mean probability ratio over updates
+``ppo/ptx_loss``            LM loss on the pretraining tokens (PPO-ptx only)
+``ppo/lr``                  policy learning rate
+``ppo/iteration``           completed PPO iterations
+``ppo/time_generation``     seconds spent sampling responses
+``ppo/time_scoring``        seconds in the no-grad forwards (reward, policy, reference, value)
+``ppo/time_training``       seconds in the PPO epochs
+==========================  ===================================================================================
+
+A table ``ppo/samples`` (iteration, prompt, response, score) goes to W&B (or the log) every
+``log_samples_every_n_iterations`` iterations.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from lit_rlhf.data.collate import pad_right
+from lit_rlhf.models import LoraOptions, count_parameters, freeze, load_model, load_tokenizer, lora_to_dict
+from lit_rlhf.optim import resolve_warmup, warmup_cosine_lambda
+from lit_rlhf.ppo import core
+from lit_rlhf.ppo.rollout import (
+    Rollout,
+    RolloutBuffer,
+    first_eos_mask,
+    generate_responses,
+    in_chunks,
+    response_logprobs,
+    sample_seed,
+    score_at_last_token,
+    token_values,
+)
+from lit_rlhf.sft import completion_loss, log_table
+from lit_rlhf.stage import StageModule
+
+log = logging.getLogger(__name__)
+
+RewardFn = Callable[[list[str], list[str]], Sequence[float]]
+"""A rule-based reward: ``reward_fn(prompts, responses) -> scores``, texts decoded without special tokens."""
+
+
+class PPOModule(StageModule):
+    """Optimise a policy against a reward model with PPO (and PPO-ptx); write a Hugging Face directory at the end.
+
+    Args:
+        model_name_or_path: The policy to train: the SFT stage's Hugging Face directory. Also the frozen reference.
+        reward_model_path: The reward-model directory (one-label ``AutoModelForSequenceClassification``).
+        value_model_path: Where the value model starts; default the reward model (InstructGPT C.4), else the
+            policy's directory with a new score head.
+        reward_fn: A Python callable ``(prompts, responses) -> scores`` used instead of a reward model (rule-based
+            rewards, tests). Give this or ``reward_model_path``, not both.
+        tokenizer_name_or_path: The policy's tokenizer; defaults to ``model_name_or_path``.
+        export_dir: Where the final policy goes; default ``<trainer.default_root_dir>/hf``.
+        minibatch_size: Episodes per optimizer step on one process; must divide ``--data.batch_size``.
+        micro_batch_size: Episodes per forward/backward (gradient accumulation); must divide ``minibatch_size``.
+        forward_batch_size: Episodes per no-grad scoring forward; default ``micro_batch_size``.
+        ppo_epochs: Passes over each rollout (InstructGPT: 1 per batch of episodes; TRL/cleanrl: 4).
+        max_new_tokens: Longest response.
+        temperature: Sampling temperature; log-probs use the logits divided by it.
+        top_k: Sample from the ``top_k`` most likely tokens only; 0 disables.
+        top_p: Nucleus sampling threshold; 1 disables.
+        no_eos_score: Score given to a response with no EOS within ``max_new_tokens`` instead of its reward
+            (the "EOS trick"); None scores it as it is.
+        kl_coef: KL penalty coefficient beta (InstructGPT: 0.02); the initial value when ``kl_target`` is set.
+        kl_target: Steer beta towards this KL (nats per response) with the adaptive controller; None keeps beta.
+        kl_horizon: Episodes over which the adaptive controller moves beta by the clipped error.
+        kl_estimator: Per-token KL estimator in the reward: ``k1`` (log ratio, InstructGPT) or ``k3``.
+        whiten_rewards: Normalise per-token rewards' spread (not their mean) over the rollout, all ranks.
+        gamma: Discount (InstructGPT: 1).
+        lam: GAE lambda.
+        clip_range: Policy ratio clip epsilon.
+        clip_range_value: Value clip around the rollout values.
+        vf_coef: Weight of the value loss in the combined loss.
+        ptx_coef: PPO-ptx gamma: weight of the LM loss on pretraining text (InstructGPT: 27.8); 0 is plain PPO.
+        ptx_examples_per_episode: Pretraining sequences per episode in each minibatch (InstructGPT: 8).
+        learning_rate: Peak policy learning rate.
+        value_learning_rate: Peak value-model learning rate; default ``learning_rate``.
+        weight_decay: AdamW weight decay (not on biases and norms).
+        betas: AdamW betas.
+        warmup: Linear LR warmup, in optimizer steps (a fraction of all steps when below 1).
+        lr_schedule: After warmup, ``constant`` (InstructGPT PPO) or ``cosine`` decay to ``min_lr_ratio``.
+        min_lr_ratio: Where cosine decay ends, as a fraction of the peak.
+        max_grad_norm: Clip the gradient norm (policy and value together) to this; None disables. (Use this,
+            not ``--trainer.gradient_clip_val``, which Lightning refuses under manual optimisation.)
+        ema_decay: Keep an exponential moving average of the policy weights with this decay (InstructGPT: 0.992)
+            and export it; None exports the last weights.
+        dtype: Weights dtype of all four models (see ``SFTModule``).
+        lora: Train LoRA adapters on the policy; the reference is then the policy with adapters disabled.
+        trust_remote_code: Allow code from the model repositories to run.
+        rollout_seed: Seed of response sampling and minibatch shuffles (derived per iteration and prompt).
+        log_samples_every_n_iterations: Log a table of prompt/response/score this often; 0 never.
+        num_logged_samples: Rows in that table.
+    """
+
+    stage = "ppo"
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        reward_model_path: str | None = None,
+        value_model_path: str | None = None,
+        reward_fn: RewardFn | None = None,
+        tokenizer_name_or_path: str | None = None,
+        export_dir: str | None = None,
+        minibatch_size: int = 8,
+        micro_batch_size: int = 8,
+        forward_batch_size: int | None = None,
+        ppo_epochs: int = 4,
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        no_eos_score: float | None = -1.0,
+        kl_coef: float = 0.02,
+        kl_target: float | None = None,
+        kl_horizon: float = 10000.0,
+        kl_estimator: Literal["k1", "k3"] = "k1",
+        whiten_rewards: bool = False,
+        gamma: float = 1.0,
+        lam: float = 0.95,
+        clip_range: float = 0.2,
+        clip_range_value: float = 0.2,
+        vf_coef: float = 0.1,
+        ptx_coef: float = 0.0,
+        ptx_examples_per_episode: float = 8.0,
+        learning_rate: float = 1e-5,
+        value_learning_rate: float | None = None,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup: float = 10,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
+        min_lr_ratio: float = 0.1,
+        max_grad_norm: float | None = 1.0,
+        ema_decay: float | None = None,
+        dtype: str | None = None,
+        lora: LoraOptions | None = None,
+        trust_remote_code: bool = False,
+        rollout_seed: int = 42,
+        log_samples_every_n_iterations: int = 10,
+        num_logged_samples: int = 4,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["reward_fn"])
+        self.reward_fn = reward_fn
+        self.export_dir = export_dir
+        self.automatic_optimization = False
+        self._check_options()
+        self.model = None  # the policy (StageModule exports self.model)
+        self.ref_model = None
+        self.value_model = None
+        self.reward_model = None
+        self.tokenizer = None
+        self.reward_tokenizer = None
+        self.kl_controller = (
+            core.AdaptiveKLController(kl_coef, kl_target, kl_horizon)
+            if kl_target is not None
+            else core.FixedKLController(kl_coef)
+        )
+        self.iteration = 0
+        self.ema_params: list[Tensor] | None = None
+        self.minibatch_stats: list[dict[str, float]] = []
+        """Per-minibatch statistics of the last iteration, in update order (for tests and debugging)."""
+
+    def _check_options(self) -> None:
+        hp = self.hparams
+        problems = []
+        if (hp.reward_model_path is None) == (self.reward_fn is None):
+            problems.append("give exactly one of --model.reward_model_path and reward_fn (Python only)")
+        for name in ("minibatch_size", "micro_batch_size", "ppo_epochs", "max_new_tokens"):
+            if hp[name] < 1:
+                problems.append(f"--model.{name} must be >= 1, got {hp[name]}")
+        if hp.micro_batch_size >= 1 and hp.minibatch_size % hp.micro_batch_size:
+            problems.append(
+                f"--model.micro_batch_size={hp.micro_batch_size} must divide --model.minibatch_size={hp.minibatch_size}"
+            )
+        if hp.forward_batch_size is not None and hp.forward_batch_size < 1:
+            problems.append(f"--model.forward_batch_size must be >= 1, got {hp.forward_batch_size}")
+        if not hp.temperature > 0:
+            problems.append(f"--model.temperature must be > 0, got {hp.temperature}")
+        if not 0 < hp.top_p <= 1:
+            problems.append(f"--model.top_p must be in (0, 1], got {hp.top_p}")
+        if hp.top_k < 0:
+            problems.append(f"--model.top_k must be >= 0, got {hp.top_k}")
+        if hp.kl_estimator not in core.KL_ESTIMATORS:
+            problems.append(f"--model.kl_estimator must be one of {core.KL_ESTIMATORS}, got {hp.kl_estimator!r}")
+        if hp.kl_coef < 0 or (hp.kl_target is not None and not (hp.kl_target > 0 and hp.kl_coef > 0)):
+            problems.append("--model.kl_coef must be >= 0 (> 0 with --model.kl_target, which must be > 0)")
+        if not 0 <= hp.gamma <= 1 or not 0 <= hp.lam <= 1:
+            problems.append(f"--model.gamma and --model.lam must be in [0, 1], got {hp.gamma}, {hp.lam}")
+        if not hp.clip_range > 0 or not hp.clip_range_value > 0:
+            problems.append("--model.clip_range and --model.clip_range_value must be > 0")
+        if hp.ptx_coef < 0:
+            problems.append(f"--model.ptx_coef must be >= 0, got {hp.ptx_coef}")
+        if hp.ptx_coef > 0 and round(hp.ptx_examples_per_episode * hp.micro_batch_size) < 1:
+            problems.append("--model.ptx_examples_per_episode x --model.micro_batch_size must be >= 1 under PPO-ptx")
+        if hp.ema_decay is not None and not 0 < hp.ema_decay < 1:
+            problems.append(f"--model.ema_decay must be in (0, 1), got {hp.ema_decay}")
+        if hp.max_grad_norm is not None and not hp.max_grad_norm > 0:
+            problems.append(f"--model.max_grad_norm must be > 0 or null, got {hp.max_grad_norm}")
+        if problems:
+            raise ValueError("bad PPO options:\n  " + "\n  ".join(problems))
+
+    # -- models --------------------------------------------------------------------------------------------------
+
+    def configure_model(self) -> None:
+        """Load the four models lazily (after the DataModule prepared the data); dropout off in all of them."""
+        if self.model is not None:
+            return
+        hp = self.hparams
+        self.tokenizer = load_tokenizer(hp.tokenizer_name_or_path or hp.model_name_or_path, hp.trust_remote_code)
+        common = {"dtype": hp.dtype, "trust_remote_code": hp.trust_remote_code, "dropout": 0.0}
+        self.model = load_model(hp.model_name_or_path, self.tokenizer, lora=hp.lora, **common)
+        if hp.lora is None:
+            self.ref_model = freeze(load_model(hp.model_name_or_path, self.tokenizer, **common))
+        value_path = hp.value_model_path or hp.reward_model_path or hp.model_name_or_path
+        self._check_same_vocab(value_path, "--model.value_model_path")
+        # InstructGPT C.4: the value model is initialised from the reward model.
+        self.value_model = load_model(value_path, self.tokenizer, head="score", **common)
+        if hp.reward_model_path is not None:
+            self.reward_tokenizer = load_tokenizer(hp.reward_model_path, hp.trust_remote_code)
+            self.reward_model = freeze(load_model(hp.reward_model_path, self.reward_tokenizer, head="score", **common))
+            self.reward_shares_tokens = self.reward_tokenizer.get_vocab() == self.tokenizer.get_vocab()
+        trainable, total = count_parameters(self.model)
+        log.info("policy %s: %.2fM parameters, %.2fM trainable", hp.model_name_or_path, total / 1e6, trainable / 1e6)
+
+    def _check_same_vocab(self, path: str, flag: str) -> None:
+        if path == (self.hparams.tokenizer_name_or_path or self.hparams.model_name_or_path):
+            return
+        if load_tokenizer(path, self.hparams.trust_remote_code).get_vocab() != self.tokenizer.get_vocab():
+            raise ValueError(f"{flag}={path} has a different vocabulary from the policy; the value model reads the "
+                             "policy's tokens, so it must share its tokenizer")  # fmt: skip
+
+    @contextmanager
+    def reference(self):
+        """The frozen reference policy: the LoRA policy with adapters disabled, or the frozen SFT copy."""
+        if self.ref_model is not None:
+            yield self.ref_model
+        else:
+            with self.model.disable_adapter():
+                yield self.model
+
+    def setup(self, stage: str) -> None:
+        if stage != "fit":
+            return
+        trainer, hp = self.trainer, self.hparams
+        problems = []
+        rollout_batch_size = getattr(trainer.datamodule, "batch_size", None) if trainer.datamodule else None
+        if rollout_batch_size is not None and rollout_batch_size % hp.minibatch_size:
+            problems.append(
+                f"--model.minibatch_size={hp.minibatch_size} must divide the rollout batch --data.batch_size="
+                f"{rollout_batch_size}"
+            )
+        if trainer.gradient_clip_val:
+            problems.append("PPO clips gradients itself: use --model.max_grad_norm, not --trainer.gradient_clip_val")
+        if trainer.accumulate_grad_batches != 1:
+            problems.append("PPO accumulates micro-batches itself: use --model.micro_batch_size, not "
+                            "--trainer.accumulate_grad_batches")  # fmt: skip
+        if trainer.max_steps != -1:
+            problems.append("--trainer.max_steps counts optimizer steps, not PPO iterations: limit PPO with "
+                            "--trainer.max_epochs and --trainer.limit_train_batches")  # fmt: skip
+        if problems:
+            raise ValueError("bad PPO configuration:\n  " + "\n  ".join(problems))
+        if hp.ptx_coef > 0:
+            self.pretraining = trainer.datamodule.load_pretraining()
+
+    def on_fit_start(self) -> None:
+        hp = self.hparams
+        rollout = self.trainer.datamodule.batch_size
+        n_minibatches = rollout // hp.minibatch_size
+        if self.trainer.is_global_zero:
+            log.info(
+                "PPO batch sizes: %d prompts per iteration per process x %d process(es); minibatch %d episodes "
+                "(%d micro-batches of %d) -> %d optimizer steps per iteration (%d epochs x %d minibatches)",
+                rollout, self.trainer.world_size, hp.minibatch_size, hp.minibatch_size // hp.micro_batch_size,
+                hp.micro_batch_size, hp.ppo_epochs * n_minibatches, hp.ppo_epochs, n_minibatches,
+            )  # fmt: skip
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        groups = []
+        for model, lr in (
+            (self.model, hp.learning_rate),
+            (self.value_model, hp.value_learning_rate or hp.learning_rate),
+        ):
+            decay, no_decay = [], []
+            for name, p in model.named_parameters():
+                if p.requires_grad:
+                    (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+            groups += [
+                {"params": decay, "weight_decay": hp.weight_decay, "lr": lr},
+                {"params": no_decay, "weight_decay": 0.0, "lr": lr},
+            ]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], betas=tuple(hp.betas))
+        rollout = self.trainer.datamodule.batch_size
+        total_steps = self.trainer.estimated_stepping_batches * hp.ppo_epochs * (rollout // hp.minibatch_size)
+        min_ratio = hp.min_lr_ratio if hp.lr_schedule == "cosine" else 1.0
+        schedule = warmup_cosine_lambda(resolve_warmup(hp.warmup, int(total_steps)), int(total_steps), min_ratio)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"},
+        }
+
+    # -- one PPO iteration ---------------------------------------------------------------------------------------
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        rollout, rollout_stats = self.collect_rollout(batch)  # no grad
+        train_stats = self.ppo_update(rollout)  # ppo_epochs x minibatches x micro-batches
+        self.kl_controller.update(rollout_stats["ppo/kl"], n_steps=len(rollout) * self.trainer.world_size)
+        self.iteration += 1
+        self.log_dict({**rollout_stats, **train_stats, "ppo/iteration": float(self.iteration)}, sync_dist=True)
+        self.log("ppo/score", rollout_stats["ppo/score_mean"], prog_bar=True, sync_dist=True)
+        self.maybe_log_samples(batch, rollout)
+
+    @torch.no_grad()
+    def collect_rollout(self, batch: dict[str, Tensor]) -> tuple[Rollout, dict[str, float]]:
+        """Generate, score and evaluate one batch of prompts; advantages whitened over all ranks."""
+        hp = self.hparams
+        prompt_ids, prompt_mask = batch["input_ids"], batch["attention_mask"].bool()
+        # 1. sample responses, one random stream per prompt (same rollout with 1 or N processes)
+        start = self._now()
+        seeds = [sample_seed(hp.rollout_seed, self.iteration, int(i)) for i in batch["index"]]
+        responses = generate_responses(
+            self.model, prompt_ids, prompt_mask, seeds, max_new_tokens=hp.max_new_tokens,
+            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+            temperature=hp.temperature, top_k=hp.top_k, top_p=hp.top_p,
+        )  # fmt: skip
+        time_generation = self._now() - start
+        # 2. mask after the first EOS; the padded sequence the models read
+        response_mask, has_eos = first_eos_mask(responses, self.tokenizer.eos_token_id)
+        responses = responses.masked_fill(~response_mask, self.tokenizer.pad_token_id)
+        query_responses = torch.cat([prompt_ids, responses], dim=1)
+        attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
+        response_len = responses.shape[1]
+        # 3. score at EOS (the penalty without EOS), then each model once over the rollout
+        start = self._now()
+        scores = self.score_responses(prompt_ids, prompt_mask, responses, response_mask)
+        if hp.no_eos_score is not None:
+            scores = torch.where(has_eos, scores, torch.full_like(scores, hp.no_eos_score))
+        chunk = hp.forward_batch_size or hp.micro_batch_size
+        logprobs, entropy = self._policy_logprobs_and_entropy(query_responses, attention_mask, response_len, chunk)
+        with self.reference() as ref:
+            ref_logprobs = in_chunks(
+                lambda q, a: response_logprobs(ref, q, a, response_len, hp.temperature)[0],
+                chunk, query_responses, attention_mask,
+            )  # fmt: skip
+        values = in_chunks(
+            lambda q, a: token_values(self.value_model, q, a, response_len), chunk, query_responses, attention_mask
+        )
+        time_scoring = self._now() - start
+        # 4. per-token rewards (score at the last token, KL on every token), GAE, whitening across ranks
+        kl_coef = self.kl_controller.value
+        rewards, kl = core.kl_rewards(logprobs, ref_logprobs, scores, response_mask, kl_coef, hp.kl_estimator)
+        if hp.whiten_rewards:
+            rewards = core.masked_whiten(rewards, response_mask, shift_mean=False, all_reduce=self.all_reduce_sum)
+        advantages, returns = core.gae(rewards, values, response_mask, hp.gamma, hp.lam)
+        advantages = core.masked_whiten(advantages, response_mask, all_reduce=self.all_reduce_sum)
+        rollout = Rollout(
+            query_responses=query_responses, attention_mask=attention_mask, response_mask=response_mask,
+            logprobs=logprobs, ref_logprobs=ref_logprobs, values=values, scores=scores, rewards=rewards,
+            advantages=advantages, returns=returns, has_eos=has_eos,
+        )  # fmt: skip
+        score_mean, score_std = self.global_mean_std(scores)
+        stats = {
+            "ppo/score_mean": score_mean,
+            "ppo/score_std": score_std,
+            "ppo/kl": self.global_mean(kl.sum(1)),
+            "ppo/kl_coef": kl_coef,
+            "ppo/entropy": self.global_mean(entropy[response_mask]),
+            "ppo/response_length": self.global_mean(response_mask.sum(1).float()),
+            "ppo/eos_rate": self.global_mean(has_eos.float()),
+            "ppo/reward_mean": self.global_mean(rewards.sum(1)),
+            "ppo/explained_variance": self.global_explained_variance(values, returns, response_mask),
+            "ppo/time_generation": time_generation,
+            "ppo/time_scoring": time_scoring,
+        }
+        return rollout, stats
+
+    def _policy_logprobs_and_entropy(
+        self, query_responses: Tensor, attention_mask: Tensor, response_len: int, chunk: int
+    ) -> tuple[Tensor, Tensor]:
+        parts = [
+            response_logprobs(self.model, query_responses[s], attention_mask[s], response_len,
+                              self.hparams.temperature, with_entropy=True)
+            for s in (slice(i, i + chunk) for i in range(0, len(query_responses), chunk))
+        ]  # fmt: skip
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def score_responses(
+        self, prompt_ids: Tensor, prompt_mask: Tensor, responses: Tensor, response_mask: Tensor
+    ) -> Tensor:
+        """(batch,) the reward of each response: the reward model at its last token, or ``reward_fn``.
+
+        With a reward model sharing the policy's vocabulary the tokens are scored as they are; otherwise the text
+        is re-tokenised with the reward model's tokenizer (EOS appended) and scored at its last token.
+        """
+        hp = self.hparams
+        lengths = response_mask.sum(1)
+        if self.reward_fn is not None or not self.reward_shares_tokens:
+            prompts = [
+                self.tokenizer.decode(p[m], skip_special_tokens=True)
+                for p, m in zip(prompt_ids, prompt_mask, strict=True)
+            ]
+            texts = [
+                self.tokenizer.decode(r[:n], skip_special_tokens=True) for r, n in zip(responses, lengths, strict=True)
+            ]
+            if self.reward_fn is not None:
+                return torch.as_tensor(self.reward_fn(prompts, texts), dtype=torch.float32, device=responses.device)
+            eos = self.reward_tokenizer.eos_token_id
+            seqs = [self.reward_tokenizer(p + t, add_special_tokens=False)["input_ids"] + [eos]
+                    for p, t in zip(prompts, texts, strict=True)]  # fmt: skip
+            input_ids = pad_right(seqs, self.reward_tokenizer.pad_token_id).to(responses.device)
+            mask = pad_right([[1] * len(s) for s in seqs], 0).bool().to(responses.device)
+            last = torch.tensor([len(s) - 1 for s in seqs], device=responses.device)
+        else:
+            input_ids = torch.cat([prompt_ids, responses], dim=1)
+            mask = torch.cat([prompt_mask, response_mask], dim=1)
+            last = prompt_ids.shape[1] + lengths - 1  # the EOS, or the last token of a truncated response
+        chunk = hp.forward_batch_size or hp.micro_batch_size
+        return in_chunks(lambda q, a, i: score_at_last_token(self.reward_model, q, a, i), chunk, input_ids, mask, last)
+
+    def ppo_update(self, rollout: Rollout) -> dict[str, float]:
+        """``ppo_epochs`` passes over the rollout, one optimizer step per minibatch; mean statistics returned."""
+        hp = self.hparams
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        generator = torch.Generator().manual_seed(sample_seed(hp.rollout_seed, self.iteration, -1 - rank))
+        buffer = RolloutBuffer(rollout, hp.minibatch_size, hp.micro_batch_size, generator)
+        start = self._now()
+        self.minibatch_stats = []
+        for epoch in range(hp.ppo_epochs):
+            for step, minibatch in enumerate(buffer.minibatches()):
+                n_tokens = sum(m.response_mask.sum() for m in minibatch)
+                stream_step = (self.iteration * hp.ppo_epochs + epoch) * len(buffer) + step
+                ptx_batches = self.pretraining_micro_batches(stream_step, len(minibatch), rank, world)
+                stats: dict[str, float] = defaultdict(float)
+                for micro, ptx_batch in zip(minibatch, ptx_batches, strict=True):
+                    loss, micro_stats = self.micro_batch_loss(micro, n_tokens, ptx_batch, len(minibatch))
+                    self.manual_backward(loss)
+                    for key, value in micro_stats.items():
+                        stats[key] += value
+                if hp.max_grad_norm is not None:
+                    self.clip_gradients(optimizer, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                self.update_ema()
+                self.minibatch_stats.append(dict(stats))
+        stats = {f"ppo/{k}": sum(s[k] for s in self.minibatch_stats) / len(self.minibatch_stats)
+                 for k in self.minibatch_stats[0]}  # fmt: skip
+        stats["ppo/time_training"] = self._now() - start
+        stats["ppo/lr"] = scheduler.get_last_lr()[0]
+        return stats
+
+    def micro_batch_loss(
+        self, micro: Rollout, minibatch_tokens: Tensor, ptx_batch: dict[str, Tensor] | None, n_micro: int
+    ) -> tuple[Tensor, dict[str, float]]:
+        """This micro-batch's share of the minibatch loss: token means become sums over the minibatch's tokens.
+
+        Returns:
+            The loss to backpropagate and statistics already weighted so that summing over the micro-batches of a
+            minibatch gives the minibatch's values.
+        """
+        hp = self.hparams
+        share = micro.response_mask.sum() / minibatch_tokens  # masked means -> minibatch token mean
+        logprobs, _ = response_logprobs(self.model, micro.query_responses, micro.attention_mask,
+                                        micro.response_len, hp.temperature)  # fmt: skip
+        values = token_values(self.value_model, micro.query_responses, micro.attention_mask, micro.response_len)
+        policy_loss, policy_stats = core.clipped_policy_loss(
+            logprobs, micro.logprobs, micro.advantages, micro.response_mask, hp.clip_range
+        )
+        value_loss, value_stats = core.clipped_value_loss(
+            values, micro.values, micro.returns, micro.response_mask, hp.clip_range_value
+        )
+        loss = share * (policy_loss + hp.vf_coef * value_loss)
+        stats = {"policy_loss": policy_loss, "value_loss": value_loss, **policy_stats, **value_stats}
+        stats = {k: float(v.detach() * share) for k, v in stats.items()}
+        if ptx_batch is not None:
+            # PPO-ptx (InstructGPT eq. 2): gamma x the pretraining LM loss, in the same gradients.
+            logits = self.model(input_ids=ptx_batch["input_ids"], attention_mask=ptx_batch["attention_mask"].long(),
+                                use_cache=False).logits  # fmt: skip
+            ptx_loss, _ = completion_loss(logits, ptx_batch["labels"])
+            loss = loss + hp.ptx_coef * ptx_loss / n_micro
+            stats["ptx_loss"] = float(ptx_loss.detach()) / n_micro
+        return loss, stats
+
+    def pretraining_micro_batches(self, step: int, n_micro: int, rank: int, world: int) -> list:
+        """The pretraining micro-batches of one minibatch under PPO-ptx, else ``[None] * n_micro``."""
+        hp = self.hparams
+        if hp.ptx_coef == 0:
+            return [None] * n_micro
+        per_micro = round(hp.ptx_examples_per_episode * hp.micro_batch_size)
+        batch = self.pretraining.batch(step, rank, world, per_micro * n_micro)
+        return [{k: v[i * per_micro : (i + 1) * per_micro].to(self.device) for k, v in batch.items()}
+                for i in range(n_micro)]  # fmt: skip
+
+    # -- reductions across ranks ---------------------------------------------------------------------------------
+
+    def all_reduce_sum(self, tensor: Tensor) -> Tensor:
+        """Elementwise sum over all ranks (the identity on one process)."""
+        if self.trainer.world_size == 1:
+            return tensor
+        return self.trainer.strategy.reduce(tensor.clone(), reduce_op="sum")
+
+    def global_mean(self, x: Tensor) -> float:
+        total, count = self.all_reduce_sum(
+            torch.stack([x.float().sum(), torch.tensor(float(x.numel()), device=x.device)])
+        )
+        return float(total / count)
+
+    def global_mean_std(self, x: Tensor) -> tuple[float, float]:
+        x = x.float()
+        stats = torch.stack([x.sum(), (x**2).sum(), torch.tensor(float(x.numel()), device=x.device)])
+        total, total_sq, count = self.all_reduce_sum(stats)
+        mean = total / count
+        return float(mean), float((total_sq / count - mean**2).clamp(min=0).sqrt())
+
+    def global_explained_variance(self, values: Tensor, returns: Tensor, response_mask: Tensor) -> float:
+        """``core.explained_variance`` with the variances taken over the response tokens of all ranks."""
+        var_returns = self.global_mean_std(returns[response_mask])[1] ** 2
+        var_residual = self.global_mean_std((returns - values)[response_mask])[1] ** 2
+        return 1.0 - var_residual / var_returns if var_returns > 0 else float("nan")
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    # -- EMA, samples, checkpoints, export -----------------------------------------------------------------------
+
+    def _policy_trainable(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        decay = self.hparams.ema_decay
+        if decay is None:
+            return
+        params = self._policy_trainable()
+        if self.ema_params is None:
+            self.ema_params = [p.detach().clone() for p in params]
+            return
+        for ema, p in zip(self.ema_params, params, strict=True):
+            ema.lerp_(p.detach(), 1.0 - decay)
+
+    def maybe_log_samples(self, batch: dict[str, Tensor], rollout: Rollout) -> None:
+        every = self.hparams.log_samples_every_n_iterations
+        if not every or (self.iteration - 1) % every or not self.trainer.is_global_zero:
+            return
+        n = min(self.hparams.num_logged_samples, len(rollout))
+        prompt_len = batch["input_ids"].shape[1]
+        rows = []
+        for i in range(n):
+            prompt = batch["input_ids"][i][batch["attention_mask"][i].bool()]
+            response = rollout.query_responses[i, prompt_len:][rollout.response_mask[i]]
+            rows.append([self.iteration, self.tokenizer.decode(prompt), self.tokenizer.decode(response),
+                         float(rollout.scores[i])])  # fmt: skip
+        log_table(self, "ppo/samples", ["iteration", "prompt", "response", "score"], rows)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ppo"] = {
+            "iteration": self.iteration,
+            "kl_controller": self.kl_controller.state_dict(),
+            "ema_params": self.ema_params,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["ppo"]
+        self.iteration = state["iteration"]
+        self.kl_controller.load_state_dict(state["kl_controller"])
+        self.ema_params = state["ema_params"]
+
+    def export(self):
+        """Export the policy (its EMA weights when ``ema_decay`` is set) as a Hugging Face directory."""
+        context = self._ema_weights() if self.ema_params is not None else nullcontext()
+        with context:
+            return super().export()
+
+    @contextmanager
+    def _ema_weights(self):
+        params = self._policy_trainable()
+        saved = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, ema in zip(params, self.ema_params, strict=True):
+                p.copy_(ema)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, s in zip(params, saved, strict=True):
+                    p.copy_(s)
+
+    def export_metadata(self) -> dict[str, Any]:
+        meta = super().export_metadata()
+        meta["hparams"]["lora"] = lora_to_dict(self.hparams.lora)
+        meta["ppo_iterations"] = self.iteration
+        return meta

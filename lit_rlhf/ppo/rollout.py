@@ -1,0 +1,328 @@
+"""Rollouts: generate responses, read them with every model once, and serve them back as minibatches.
+
+The pieces, in the order a PPO iteration uses them (see ``PPOModule.collect_rollout``):
+
+1. :func:`generate_responses` samples responses with Hugging Face ``generate`` and the KV cache from left-padded
+   prompts. Sampling (temperature, top-k, top-p) is done by :class:`SeededSampler`, one random stream per
+   prompt seeded from the prompt's identity, so a response does not depend on which other prompts share the
+   batch: the rollout is the same with 1 or N processes, and a resumed run samples what an unbroken one would.
+2. :func:`first_eos_mask` masks everything after the first EOS.
+3. :func:`response_logprobs`, :func:`token_values` and :func:`score_at_last_token` run the policy, reference,
+   value and reward models over ``prompt + response``, batched, without gradients. Log-probs use the logits
+   divided by the sampling temperature (DESIGN: "Details that decide whether PPO learns").
+4. A :class:`Rollout` holds the result; :class:`RolloutBuffer` yields shuffled minibatches (reshuffled every
+   PPO epoch), each split into micro-batches for gradient accumulation.
+
+Layout of the token tensors: ``query_responses`` is ``(batch, prompt_len + response_len)``: the prompt
+left-padded to ``prompt_len``, then the response right-padded to ``response_len``. Position ids count real tokens
+only, so padding never shifts a position (models were trained right-padded).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+from lit_rlhf.ppo.core import entropy_from_logits, logprobs_from_logits
+
+
+def sample_seed(seed: int, iteration: int, prompt_index: int) -> int:
+    """The sampling seed of one prompt in one PPO iteration (deterministic across processes and runs)."""
+    return hash((seed, iteration, prompt_index)) & (2**63 - 1)
+
+
+class SeededSampler(LogitsProcessor):
+    """Sampling inside greedy ``generate``: warp the logits, add Gumbel noise from one generator per row.
+
+    ``argmax(z + G)`` with ``G`` i.i.d. Gumbel(0, 1) is an exact sample from ``softmax(z)`` (the Gumbel-max trick),
+    so greedy decoding of the perturbed logits samples from the warped distribution. Each row draws its noise
+    from its own generator, so its sample never depends on the other rows of the batch.
+
+    Args:
+        seeds: One seed per row of the batch.
+        temperature: Divide the logits by this (> 0).
+        top_k: Keep only the ``top_k`` most likely tokens; 0 keeps all.
+        top_p: Keep the smallest set of most likely tokens whose probability reaches ``top_p``; 1 keeps all.
+        suppress_token_ids: Tokens never sampled (the pad token: it must only ever mean padding).
+        device: Where the generators live (the logits' device).
+    """
+
+    def __init__(
+        self,
+        seeds: Sequence[int],
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        suppress_token_ids: Sequence[int],
+        device: torch.device,
+    ) -> None:
+        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+        self.temperature = temperature
+        self.top_k = top_k
+        self.top_p = top_p
+        self.suppress_token_ids = list(suppress_token_ids)
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        logits = scores.float() / self.temperature
+        if self.suppress_token_ids:
+            logits[:, self.suppress_token_ids] = -torch.inf
+        if 0 < self.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, self.top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, -torch.inf)
+        if self.top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+            cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+            # drop a token when the tokens before it already reach top_p (the most likely token always stays)
+            drop_sorted = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= self.top_p
+            logits = logits.masked_fill(drop_sorted.scatter(1, order, drop_sorted), -torch.inf)
+        uniform = torch.stack(
+            [torch.rand(logits.shape[-1], generator=g, device=logits.device) for g in self.generators]
+        )
+        gumbel = -torch.log(-torch.log(uniform.clamp(min=torch.finfo(torch.float32).tiny)))
+        return logits + gumbel
+
+
+@torch.no_grad()
+def generate_responses(
+    policy: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    seeds: Sequence[int],
+    *,
+    max_new_tokens: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> Tensor:
+    """Sample one response per prompt with the KV cache, stopping each at its EOS.
+
+    Args:
+        policy: A causal LM (``generate`` is called on it directly, never on a DDP wrapper).
+        input_ids: (batch, prompt_len) prompts, left-padded.
+        attention_mask: (batch, prompt_len) bool, True on prompt tokens.
+        seeds: (batch,) sampling seed of each prompt, see :func:`sample_seed`.
+        max_new_tokens: Longest response.
+
+    Returns:
+        (batch, response_len) the sampled tokens, ``response_len <= max_new_tokens``; rows that ended early are
+        padded with ``pad_token_id`` after their EOS.
+    """
+    sampler = SeededSampler(seeds, temperature, top_k, top_p, [pad_token_id], input_ids.device)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,  # the sampling happens in SeededSampler; greedy takes its argmax
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+    )
+    was_training = policy.training
+    policy.eval()
+    try:
+        generated = policy.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask.long(),
+            generation_config=config,
+            logits_processor=LogitsProcessorList([sampler]),
+        )
+    finally:
+        policy.train(was_training)
+    return generated[:, input_ids.shape[1] :]
+
+
+def first_eos_mask(responses: Tensor, eos_token_id: int) -> tuple[Tensor, Tensor]:
+    """Which response tokens count: every token up to and including the first EOS.
+
+    Args:
+        responses: (batch, response_len) sampled tokens.
+
+    Returns:
+        response_mask: (batch, response_len) bool, True up to and including the first EOS (all True without EOS).
+        has_eos: (batch,) bool, True where the response contains an EOS.
+    """
+    is_eos = responses == eos_token_id
+    eos_before = is_eos.long().cumsum(dim=1) - is_eos.long()  # EOS tokens strictly before each position
+    return eos_before == 0, is_eos.any(dim=1)
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """(batch, length) positions counting only real tokens: 0 at the first real token, 0 on left padding."""
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def response_logits(model: nn.Module, query_responses: Tensor, attention_mask: Tensor, response_len: int) -> Tensor:
+    """(batch, response_len, vocab) the logits that predict each response token (one forward, with grad if on)."""
+    out = model(
+        input_ids=query_responses,
+        attention_mask=attention_mask.long(),
+        position_ids=position_ids_from_mask(attention_mask),
+        logits_to_keep=response_len + 1,  # never materialise the logits of prompt positions
+        use_cache=False,
+    )
+    return out.logits[:, :-1]
+
+
+def response_logprobs(
+    model: nn.Module,
+    query_responses: Tensor,
+    attention_mask: Tensor,
+    response_len: int,
+    temperature: float,
+    with_entropy: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Log-prob of each response token under ``softmax(logits / temperature)``.
+
+    Args:
+        query_responses: (batch, prompt_len + response_len) prompt and response tokens.
+        attention_mask: same shape, bool, True on real tokens.
+
+    Returns:
+        logprobs: (batch, response_len).
+        entropy: (batch, response_len) the entropy of the sampling distribution at each token, or None.
+    """
+    logits = response_logits(model, query_responses, attention_mask, response_len).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    logprobs = logprobs_from_logits(logits, query_responses[:, -response_len:])
+    return logprobs, entropy_from_logits(logits) if with_entropy else None
+
+
+def _backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The transformer body and the score head of an ``AutoModelForSequenceClassification`` model."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    head = getattr(base, "score", None)
+    if head is None:
+        raise ValueError(f"{type(base).__name__} has no `score` head; the value/reward model must be a one-label "
+                         "AutoModelForSequenceClassification (the reward-model stage writes one)")  # fmt: skip
+    return getattr(base, base.base_model_prefix), head
+
+
+def token_values(model: nn.Module, query_responses: Tensor, attention_mask: Tensor, response_len: int) -> Tensor:
+    """(batch, response_len) the value of the state before each response token.
+
+    The score head of a sequence-classification model applied at every position (not only the last), read at the
+    positions whose hidden state predicts each response token.
+    """
+    backbone, head = _backbone_and_head(model)
+    hidden = backbone(
+        input_ids=query_responses,
+        attention_mask=attention_mask.long(),
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    ).last_hidden_state
+    return head(hidden[:, -response_len - 1 : -1]).squeeze(-1).float()
+
+
+def score_at_last_token(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, last_index: Tensor) -> Tensor:
+    """(batch,) the reward model's score read at ``last_index`` (the EOS token) of each row.
+
+    Args:
+        input_ids: (batch, length) tokens.
+        attention_mask: (batch, length) bool, True on real tokens.
+        last_index: (batch,) long, the position whose hidden state is scored.
+    """
+    backbone, head = _backbone_and_head(model)
+    hidden = backbone(
+        input_ids=input_ids,
+        attention_mask=attention_mask.long(),
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    ).last_hidden_state
+    picked = hidden[torch.arange(len(hidden), device=hidden.device), last_index]
+    return head(picked).squeeze(-1).float()
+
+
+def in_chunks(fn, batch_size: int, *tensors: Tensor) -> Tensor:
+    """Apply ``fn`` to row chunks of ``tensors`` of ``batch_size`` rows and concatenate the results."""
+    return torch.cat([fn(*(t[s] for t in tensors)) for s in _chunks(len(tensors[0]), batch_size)])
+
+
+@dataclass
+class Rollout:
+    """One PPO iteration's episodes on this process; every tensor's first dimension is the episode.
+
+    Attributes:
+        query_responses: (batch, prompt_len + response_len) prompt (left-padded) then response tokens.
+        attention_mask: (batch, prompt_len + response_len) bool, True on prompt tokens and counted response tokens.
+        response_mask: (batch, response_len) bool, True on response tokens up to and including the first EOS.
+        logprobs: (batch, response_len) log-prob of each response token under the sampling policy (``old_logprobs``
+            during the update).
+        ref_logprobs: (batch, response_len) the same under the frozen reference.
+        values: (batch, response_len) value predictions at rollout time (``old_values`` during the update).
+        scores: (batch,) reward of each response (RM at EOS, or the no-EOS penalty).
+        rewards: (batch, response_len) per-token rewards, KL penalty included.
+        advantages: (batch, response_len) whitened GAE advantages.
+        returns: (batch, response_len) value targets.
+        has_eos: (batch,) bool, True where the response ended with EOS.
+    """
+
+    query_responses: Tensor
+    attention_mask: Tensor
+    response_mask: Tensor
+    logprobs: Tensor
+    ref_logprobs: Tensor
+    values: Tensor
+    scores: Tensor
+    rewards: Tensor
+    advantages: Tensor
+    returns: Tensor
+    has_eos: Tensor
+
+    def __len__(self) -> int:
+        return len(self.query_responses)
+
+    @property
+    def response_len(self) -> int:
+        return self.response_mask.shape[1]
+
+    def select(self, index: Tensor | slice) -> Rollout:
+        """The episodes at ``index`` (rows), as a new Rollout."""
+        return Rollout(**{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)})
+
+
+class RolloutBuffer:
+    """Serve a rollout as shuffled minibatches of micro-batches, a fresh order every PPO epoch.
+
+    One optimizer step per minibatch; its micro-batches accumulate gradients into it.
+
+    Args:
+        rollout: The episodes of this process.
+        minibatch_size: Episodes per optimizer step (per process); must divide ``len(rollout)``.
+        micro_batch_size: Episodes per forward/backward; must divide ``minibatch_size``.
+        generator: Source of the shuffles (seeded by the caller, so a resumed run shuffles identically).
+    """
+
+    def __init__(self, rollout: Rollout, minibatch_size: int, micro_batch_size: int, generator: torch.Generator):
+        n = len(rollout)
+        if n % minibatch_size or minibatch_size % micro_batch_size:
+            raise ValueError(
+                f"minibatch_size={minibatch_size} must divide the rollout ({n} episodes) and micro_batch_size="
+                f"{micro_batch_size} must divide minibatch_size (--model.minibatch_size, --model.micro_batch_size)"
+            )
+        self.rollout = rollout
+        self.minibatch_size = minibatch_size
+        self.micro_batch_size = micro_batch_size
+        self.generator = generator
+
+    def __len__(self) -> int:
+        """Minibatches per epoch."""
+        return len(self.rollout) // self.minibatch_size
+
+    def minibatches(self) -> Iterator[list[Rollout]]:
+        """One PPO epoch: every episode once, in a new random order, as lists of micro-batches."""
+        order = torch.randperm(len(self.rollout), generator=self.generator).to(self.rollout.scores.device)
+        for start in range(0, len(order), self.minibatch_size):
+            minibatch = order[start : start + self.minibatch_size]
+            yield [
+                self.rollout.select(minibatch[i : i + self.micro_batch_size])
+                for i in range(0, self.minibatch_size, self.micro_batch_size)
+            ]

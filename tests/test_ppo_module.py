@@ -1,0 +1,206 @@
+"""PPOModule on tiny models built from configs: it learns a rule-based reward, PPO-ptx holds the LM loss, the first
+update has ratio 1, a resumed run matches an unbroken one, and bad configurations fail at start naming the flag."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from safetensors.torch import load_file
+
+from lit_rlhf.data.prompts import PromptDataModule
+from lit_rlhf.models import export_pretrained, load_model, load_tokenizer
+from lit_rlhf.ppo.module import PPOModule
+from tests.conftest import TINY_GPT2, reverse_records, write_jsonl
+
+LETTERS = set("abcdefghijklmnopqrstuvwxyz")
+
+
+def letter_reward(prompts: list[str], responses: list[str]) -> list[float]:
+    """Toy rule: the share of a response's characters that are lowercase letters (0 for an empty response)."""
+    return [sum(c in LETTERS for c in r) / max(len(r), 1) for r in responses]
+
+
+def build_dirs(root: Path, tokenizer_dir: Path, seed: int = 0) -> tuple[Path, Path]:
+    """A tiny random-init policy ("SFT") directory and a reward-model directory, both from configs."""
+    tok = load_tokenizer(str(tokenizer_dir))
+    torch.manual_seed(seed)
+    sft = export_pretrained(load_model("scratch:gpt2", tok, model_config=TINY_GPT2), tok, root / "sft")
+    rm = export_pretrained(load_model("scratch:gpt2", tok, head="score", model_config=TINY_GPT2), tok, root / "rm")
+    return sft, rm
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory, tokenizer_dir) -> tuple[Path, Path]:
+    return build_dirs(tmp_path_factory.mktemp("ppo_models"), tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def data_files(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("ppo_data")
+    prompts = write_jsonl(root / "prompts.jsonl", [{"prompt": r["prompt"]} for r in reverse_records(64, seed=1)])
+    texts = [{"text": f"{r['prompt']} is {r['completion']}."} for r in reverse_records(64, seed=2)]
+    return prompts, write_jsonl(root / "corpus.jsonl", texts)
+
+
+def make(
+    model_dirs, data_files, tokenizer_dir, *, batch_size: int = 8, pretraining: bool = False, **options
+) -> tuple[PPOModule, PromptDataModule]:
+    sft, rm = model_dirs
+    prompts, corpus = data_files
+    defaults = {"max_new_tokens": 8, "minibatch_size": 4, "micro_batch_size": 2, "ppo_epochs": 1,
+                "learning_rate": 1e-3, "warmup": 0, "log_samples_every_n_iterations": 0}  # fmt: skip
+    if "reward_fn" not in options:
+        options.setdefault("reward_model_path", str(rm))
+    module = PPOModule(model_name_or_path=str(sft), **{**defaults, **options})
+    data = PromptDataModule(
+        train_files=str(prompts),
+        val_files=str(prompts),
+        pretraining_files=str(corpus) if pretraining else None,
+        tokenizer_name_or_path=str(tokenizer_dir),
+        batch_size=batch_size,
+        seed=0,
+    )
+    return module, data
+
+
+def trainer(root: Path, iterations: int, **kwargs) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        limit_train_batches=iterations,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+        **{"enable_checkpointing": False, "max_epochs": 1, **kwargs},
+    )
+
+
+def test_first_minibatch_ratio_is_exactly_one(tmp_path, model_dirs, data_files, tokenizer_dir):
+    module, data = make(model_dirs, data_files, tokenizer_dir, ppo_epochs=2)
+    trainer(tmp_path, iterations=1).fit(module, data)
+    first = module.minibatch_stats[0]
+    assert first["ratio_mean"] == 1.0
+    assert first["approxkl"] == 0.0
+    assert first["clipfrac"] == 0.0
+    # later minibatches see an updated policy
+    assert module.minibatch_stats[-1]["approxkl"] > 0
+    assert (tmp_path / "hf" / "model.safetensors").exists()
+
+
+def test_ppo_raises_a_rule_based_reward_with_bounded_kl(tmp_path, model_dirs, data_files, tokenizer_dir):
+    torch.manual_seed(0)
+    module, data = make(model_dirs, data_files, tokenizer_dir, reward_fn=letter_reward, batch_size=16,
+                        minibatch_size=8, micro_batch_size=8, ppo_epochs=2, learning_rate=3e-3, kl_coef=0.02,
+                        no_eos_score=None)  # fmt: skip
+    scores, kls = [], []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            scores.append(float(trainer.callback_metrics["ppo/score_mean"]))
+            kls.append(float(trainer.callback_metrics["ppo/kl"]))
+
+    trainer(tmp_path, iterations=4, callbacks=[Record()], max_epochs=4).fit(module, data)
+    start, end = sum(scores[:3]) / 3, sum(scores[-3:]) / 3
+    assert end > start + 0.15, scores
+    assert max(kls) < 10.0, kls
+
+
+def pretrain(policy_dir: Path, tokenizer_dir: Path, texts: list[str], out: Path, steps: int = 60) -> Path:
+    """Fit the tiny policy to ``texts`` so it has a pretraining loss worth keeping."""
+    tok = load_tokenizer(str(tokenizer_dir))
+    model = load_model(str(policy_dir), tok)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(steps):
+        batch = texts[(step * 16) % len(texts) :][:16]
+        loss = lm_loss(model, tok, batch, grad=True)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return export_pretrained(model, tok, out)
+
+
+def lm_loss(model: torch.nn.Module, tokenizer, texts: list[str], grad: bool = False):
+    """Mean next-token loss of ``model`` on ``texts`` (the pretraining objective PPO-ptx protects)."""
+    from lit_rlhf.data.collate import IGNORE_INDEX, pad_right
+    from lit_rlhf.sft import completion_loss
+
+    seqs = [tokenizer(t)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
+    ids = pad_right(seqs, tokenizer.pad_token_id)
+    with torch.set_grad_enabled(grad):
+        logits = model(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long()).logits
+        loss = completion_loss(logits, pad_right(seqs, IGNORE_INDEX))[0]
+    return loss if grad else float(loss)
+
+
+def test_ptx_keeps_the_pretraining_loss_near_its_start(tmp_path, model_dirs, data_files, tokenizer_dir):
+    import json
+
+    texts = [json.loads(line)["text"] for line in open(data_files[1])]
+    torch.manual_seed(0)
+    policy = pretrain(model_dirs[0], tokenizer_dir, texts, tmp_path / "pretrained")
+    tok = load_tokenizer(str(tokenizer_dir))
+    start = lm_loss(load_model(str(policy), tok), tok, texts)
+    rise = {}
+    for ptx_coef in (0.0, 4.0):
+        module, data = make((policy, model_dirs[1]), data_files, tokenizer_dir, reward_fn=letter_reward,
+                            no_eos_score=None, ptx_coef=ptx_coef, ptx_examples_per_episode=2,
+                            pretraining=ptx_coef > 0, learning_rate=3e-3, rollout_seed=1)  # fmt: skip
+        trainer(tmp_path / str(ptx_coef), iterations=4, max_epochs=2).fit(module, data)
+        rise[ptx_coef] = lm_loss(module.model, tok, texts) - start
+    # plain PPO at this learning rate forgets the corpus; PPO-ptx stays much closer to where it started
+    assert rise[0.0] > 0.1, rise
+    assert abs(rise[4.0]) < 0.5 * rise[0.0], rise
+
+
+def test_resumed_run_matches_an_unbroken_run(tmp_path, model_dirs, data_files, tokenizer_dir):
+    options = {"kl_target": 1.0, "kl_horizon": 100.0, "ema_decay": 0.9, "ppo_epochs": 2, "no_eos_score": -0.5}
+    steps_per_iteration = 2 * (8 // 4)  # ppo_epochs x minibatches per rollout
+
+    def run(name: str, ckpt_path: str | None = None) -> PPOModule:
+        module, data = make(model_dirs, data_files, tokenizer_dir, **options)
+        checkpoint = ModelCheckpoint(dirpath=tmp_path / name / "ckpt", every_n_train_steps=2 * steps_per_iteration,
+                                     save_top_k=-1)  # fmt: skip
+        trainer(tmp_path / name, iterations=4, enable_checkpointing=True, callbacks=[checkpoint]).fit(
+            module, data, ckpt_path=ckpt_path
+        )
+        return module
+
+    unbroken = run("unbroken")
+    # the checkpoint after iteration 2 of 4, mid-epoch
+    ckpt = tmp_path / "unbroken" / "ckpt" / f"epoch=0-step={2 * steps_per_iteration}.ckpt"
+    resumed = run("resumed", ckpt_path=str(ckpt))
+    assert resumed.iteration == unbroken.iteration == 4
+    assert resumed.kl_controller.value == pytest.approx(unbroken.kl_controller.value, rel=1e-6)
+    assert unbroken.kl_controller.value != 1.0  # the adaptive controller moved, so its state mattered
+    for name, a in unbroken.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], a, rtol=0, atol=1e-6, msg=name)
+    exported_a = load_file(tmp_path / "unbroken" / "hf" / "model.safetensors")
+    exported_b = load_file(tmp_path / "resumed" / "hf" / "model.safetensors")
+    for name, a in exported_a.items():  # the EMA weights
+        torch.testing.assert_close(exported_b[name], a, rtol=0, atol=1e-6, msg=name)
+
+
+def test_bad_options_fail_at_start_naming_every_flag(tmp_path, model_dirs, data_files, tokenizer_dir):
+    with pytest.raises(ValueError) as err:
+        PPOModule(model_name_or_path="x", minibatch_size=6, micro_batch_size=4, temperature=0.0, top_p=1.5)
+    message = str(err.value)
+    for flag in ("reward_model_path", "--model.micro_batch_size=4", "--model.temperature", "--model.top_p"):
+        assert flag in message
+
+    module, data = make(model_dirs, data_files, tokenizer_dir, minibatch_size=3, micro_batch_size=1)
+    with pytest.raises(ValueError, match=r"minibatch_size=3 must divide the rollout batch --data.batch_size=8"):
+        trainer(tmp_path, iterations=1).fit(module, data)
+
+    module, data = make(model_dirs, data_files, tokenizer_dir, ptx_coef=1.0)
+    with pytest.raises(ValueError, match=r"--data.pretraining_files"):
+        trainer(tmp_path, iterations=1).fit(module, data)
+
+    module, data = make(model_dirs, data_files, tokenizer_dir)
+    with pytest.raises(ValueError, match=r"--trainer.max_steps counts optimizer steps"):
+        trainer(tmp_path, iterations=1, max_steps=4).fit(module, data)

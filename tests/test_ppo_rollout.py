@@ -1,0 +1,100 @@
+"""Rollout pieces: EOS masking, per-prompt seeded sampling, the minibatch buffer, prompt records."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_rlhf.data.prompts import parse_prompt_record
+from lit_rlhf.data.records import DataError, Source
+from lit_rlhf.models import load_model, load_tokenizer
+from lit_rlhf.ppo.rollout import Rollout, RolloutBuffer, SeededSampler, first_eos_mask, generate_responses
+from tests.conftest import TINY_GPT2
+
+EOS = 0
+
+
+def test_first_eos_mask_keeps_the_eos_and_drops_what_follows():
+    responses = torch.tensor([[5, EOS, 7, EOS], [5, 6, 7, 8], [EOS, 1, 1, 1]])
+    mask, has_eos = first_eos_mask(responses, EOS)
+    assert mask.tolist() == [[True, True, False, False], [True] * 4, [True, False, False, False]]
+    assert has_eos.tolist() == [True, False, True]
+
+
+def test_seeded_sampler_row_does_not_depend_on_the_rest_of_the_batch():
+    logits = torch.randn(3, 50)
+
+    def sample(rows, seeds):
+        return SeededSampler(seeds, 1.0, 0, 1.0, [], torch.device("cpu"))(None, logits[rows]).argmax(-1)
+
+    together = sample([0, 1, 2], [10, 11, 12])
+    alone = torch.cat([sample([i], [10 + i]) for i in range(3)])
+    assert torch.equal(together, alone)
+
+
+def test_seeded_sampler_follows_the_warped_distribution():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(4000, 1)
+    draws = SeededSampler(range(4000), 1.0, 0, 1.0, [], torch.device("cpu"))(None, logits).argmax(-1)
+    freq = torch.bincount(draws, minlength=4).float() / 4000
+    assert freq.tolist() == pytest.approx([0.5, 0.3, 0.15, 0.05], abs=0.03)
+    # top_k=2 keeps tokens 0 and 1 (renormalised 0.625 / 0.375); top_p=0.6 keeps 0 and 1 too (0.5 < 0.6)
+    for top_k, top_p in ((2, 1.0), (0, 0.6)):
+        draws = SeededSampler(range(4000), 1.0, top_k, top_p, [], torch.device("cpu"))(None, logits).argmax(-1)
+        freq = torch.bincount(draws, minlength=4).float() / 4000
+        assert freq.tolist() == pytest.approx([0.625, 0.375, 0.0, 0.0], abs=0.03)
+    # the suppressed token (the pad) is never drawn; temperature 0.5 squares and renormalises the probabilities
+    draws = SeededSampler(range(4000), 0.5, 0, 1.0, [0], torch.device("cpu"))(None, logits).argmax(-1)
+    freq = torch.bincount(draws, minlength=4).float() / 4000
+    p = torch.tensor([0.0, 0.09, 0.0225, 0.0025])
+    assert freq.tolist() == pytest.approx((p / p.sum()).tolist(), abs=0.03)
+
+
+def test_generation_is_the_same_alone_or_in_a_batch(tokenizer_dir):
+    tok = load_tokenizer(str(tokenizer_dir))
+    torch.manual_seed(0)
+    model = load_model("scratch:gpt2", tok, model_config=TINY_GPT2)
+    prompts = [tok("Reverse: catdog")["input_ids"], tok("Reverse: sun")["input_ids"]]
+    from lit_rlhf.data.collate import pad_left
+
+    kwargs = {"max_new_tokens": 6, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    ids, mask = pad_left(prompts, tok.pad_token_id)
+    together = generate_responses(model, ids, mask.bool(), [1, 2], **kwargs)
+    ids1, mask1 = pad_left(prompts[1:], tok.pad_token_id)
+    alone = generate_responses(model, ids1, mask1.bool(), [2], **kwargs)
+    assert together[1, : alone.shape[1]].tolist() == alone[0].tolist()
+    counted, _ = first_eos_mask(together, tok.eos_token_id)
+    assert not (together[counted] == tok.pad_token_id).any()  # the pad token is never sampled
+
+
+def _rollout(n: int) -> Rollout:
+    t = torch.arange(n, dtype=torch.float32).unsqueeze(1).repeat(1, 3)
+    ones = torch.ones(n, 3, dtype=torch.bool)
+    return Rollout(query_responses=t.long(), attention_mask=ones, response_mask=ones, logprobs=t, ref_logprobs=t,
+                   values=t, scores=t[:, 0], rewards=t, advantages=t, returns=t, has_eos=ones[:, 0])  # fmt: skip
+
+
+def test_buffer_covers_every_episode_once_per_epoch_and_reshuffles():
+    buffer = RolloutBuffer(
+        _rollout(8), minibatch_size=4, micro_batch_size=2, generator=torch.Generator().manual_seed(0)
+    )
+    epochs = []
+    for _ in range(2):
+        minibatches = list(buffer.minibatches())
+        assert len(minibatches) == 2 and all(len(mb) == 2 and len(mb[0]) == 2 for mb in minibatches)
+        epochs.append([int(s) for mb in minibatches for micro in mb for s in micro.scores])
+    assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(8))
+    assert epochs[0] != epochs[1]
+
+
+def test_buffer_refuses_sizes_that_do_not_divide():
+    with pytest.raises(ValueError, match="--model.minibatch_size"):
+        RolloutBuffer(_rollout(8), minibatch_size=3, micro_batch_size=1, generator=torch.Generator())
+
+
+def test_prompt_records():
+    src = Source("p.jsonl", 1)
+    assert parse_prompt_record({"prompt": "hi"}, src).prompt == [{"role": "user", "content": "hi"}]
+    sft_record = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    assert parse_prompt_record(sft_record, src).prompt == [{"role": "user", "content": "q"}]
+    with pytest.raises(DataError, match="p.jsonl:1"):
+        parse_prompt_record({"text": "x"}, src)
