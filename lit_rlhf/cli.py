@@ -24,6 +24,7 @@ from lit_rlhf import data as _data  # noqa: F401
 from lit_rlhf import distributed as _distributed  # noqa: F401  (registers --trainer.strategy=fsdp2)
 from lit_rlhf.data.modules import SFTDataModule  # noqa: F401
 from lit_rlhf.data.prompts import PromptDataModule  # noqa: F401
+from lit_rlhf.evaluation.command import evaluate_command
 from lit_rlhf.loggers import WandbLogger
 from lit_rlhf.ppo.module import PPOModule  # noqa: F401
 from lit_rlhf.sft import SFTModule  # noqa: F401
@@ -32,6 +33,8 @@ from lit_rlhf.sft import SFTModule  # noqa: F401
 class LitRLHFTrainer(L.Trainer):
     """Lightning's Trainer; lit_rlhf's extra subcommands live here so LightningCLI can dispatch them."""
 
+    evaluate = evaluate_command
+
 
 def _tokenizer_of(model_name_or_path: str | None, tokenizer_name_or_path: str | None) -> str | None:
     return tokenizer_name_or_path or model_name_or_path
@@ -39,6 +42,25 @@ def _tokenizer_of(model_name_or_path: str | None, tokenizer_name_or_path: str | 
 
 class LitRLHFCLI(LightningCLI):
     """LightningCLI with lit_rlhf's defaults: W&B logging (offline without a key) and linked tokenizer options."""
+
+    MODEL_FREE_SUBCOMMANDS: dict[str, set[str]] = {"evaluate": {"model", "datamodule"}}
+    """Extra subcommands (methods of LitRLHFTrainer) with the arguments they skip; they take no --model/--data."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {**LightningCLI.subcommands(), **LitRLHFCLI.MODEL_FREE_SUBCOMMANDS}
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs) -> LightningArgumentParser:
+        if subcommand not in self.MODEL_FREE_SUBCOMMANDS:
+            return super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        # Only --seed_everything, --trainer.* (logger, accelerator) and the method's own arguments.
+        parser = self.init_parser(**kwargs)
+        self.add_default_arguments_to_parser(parser)
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
+        added = parser.add_method_arguments(klass, subcommand, skip=set(self.subcommands()[subcommand]))
+        self._subcommand_method_arguments[subcommand] = added
+        return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The DataModule encodes with the model's tokenizer: given once, on the model (link_arguments).

@@ -79,3 +79,16 @@ def _one_thread():
 
 
 TINY_GPT2 = {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": 128}
+
+
+@pytest.fixture(autouse=True)
+def _finish_wandb_run():
+    """Close a W&B run a test opened in this process, so the next test's logger starts its own run."""
+    yield
+    import sys
+
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()

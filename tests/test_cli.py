@@ -109,7 +109,14 @@ def test_logger_swaps_to_csv(tmp_path, tokenizer_dir):
 
 @pytest.mark.parametrize("config", sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")))
 def test_shipped_configs_parse(config, monkeypatch):
+    from lit_rlhf.cli import LitRLHFCLI
+
     monkeypatch.chdir(REPO)
-    subcommand = yaml.safe_load((REPO / config).read_text()).get("subcommand", "fit")
-    printed = _run([subcommand, "-c", config, "--print_config"])
-    assert yaml.safe_load(printed)["model"]["class_path"].startswith("lit_rlhf.")
+    folder = Path(config).parts[1]  # configs/<stage or subcommand>/<size>.yaml
+    subcommand = folder if folder in LitRLHFCLI.MODEL_FREE_SUBCOMMANDS else "fit"
+    printed = yaml.safe_load(_run([subcommand, "-c", config, "--print_config"]))
+    if subcommand == "fit":
+        assert printed["model"]["class_path"].startswith("lit_rlhf.")
+        assert printed["data"]["class_path"].startswith("lit_rlhf.")
+    else:
+        assert "model" not in printed and "trainer" in printed

@@ -1,0 +1,223 @@
+"""The instruction world: deterministic, correct, split cleanly, written atomically."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from lit_rlhf.world import build as build_module
+from lit_rlhf.world import build_world, render_example
+from lit_rlhf.world.tasks import (
+    DEFAULT_KINDS,
+    TASK_KINDS,
+    WORDS,
+    canonical_inputs,
+    human_mistake,
+    is_heldout,
+    make_task,
+    sample_tasks,
+    split_inputs,
+)
+
+# Every kind, subtraction included, so the answer checks cover them all.
+SMALL = {
+    "n_train": 300,
+    "n_val": 30,
+    "n_heldout": 60,
+    "n_corpus": 200,
+    "vocab_size": 320,
+    "kinds": ",".join(TASK_KINDS),
+}
+
+
+def _read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _all_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> build_module.WorldFiles:
+    return build_world(tmp_path_factory.mktemp("world") / "w", seed=0, **SMALL)
+
+
+def test_same_seed_identical_files_different_seed_different(world, tmp_path):
+    again = build_world(tmp_path / "again", seed=0, **SMALL)
+    other = build_world(tmp_path / "other", seed=1, **SMALL)
+    files = _all_bytes(world.root)
+    assert {
+        "sft/train.jsonl",
+        "sft/val.jsonl",
+        "eval/heldout.jsonl",
+        "corpus/train.jsonl",
+        "corpus/val.jsonl",
+        "world.json",
+        "tokenizer/tokenizer.json",
+    } <= set(files)
+    assert _all_bytes(again.root) == files
+    other_files = _all_bytes(other.root)
+    for name in ("sft/train.jsonl", "sft/val.jsonl", "eval/heldout.jsonl", "corpus/train.jsonl"):
+        assert other_files[name] != files[name], name
+
+
+def test_records_have_the_right_keys_and_nonempty_strings(world):
+    expected = {
+        world.sft_train: ({"prompt", "completion"}, SMALL["n_train"]),
+        world.sft_val: ({"prompt", "completion"}, SMALL["n_val"]),
+        world.heldout: ({"prompt", "completion", "kind", "difficulty"}, SMALL["n_heldout"]),
+        world.corpus_train: ({"text"}, SMALL["n_corpus"]),
+        world.corpus_val: ({"text"}, SMALL["n_corpus"] // 20),
+    }
+    for path, (keys, n) in expected.items():
+        records = _read(path)
+        assert len(records) == n, path
+        for record in records:
+            assert set(record) == keys, (path, record)
+            assert all(isinstance(record[k], str) and record[k] for k in keys - {"difficulty"}), record
+
+
+def test_heldout_prompts_never_in_training_data(world):
+    heldout = {r["prompt"] for r in _read(world.heldout)}
+    train = {r["prompt"] for r in _read(world.sft_train)} | {r["prompt"] for r in _read(world.sft_val)}
+    assert heldout and not heldout & train
+    # The corpus never states a held-out answer either: e.g. "<w> backwards is <answer>." for a held-out word.
+    # Sentences end with "." and are joined by " ", so ". <w> backwards is" finds <w> as a whole word.
+    corpus = " ".join(". " + r["text"] for r in _read(world.corpus_train))
+    for r in _read(world.heldout):
+        if r["kind"] == "reverse":
+            word = r["prompt"].removeprefix("Reverse the letters ").removeprefix("Write ")
+            word = word.removesuffix(".").removesuffix(" backwards")
+            assert f". {word} backwards is" not in corpus
+
+
+def test_split_is_disjoint_and_covers_every_kind():
+    for kind in TASK_KINDS:
+        train, heldout = set(split_inputs(kind, False)), set(split_inputs(kind, True))
+        assert train and heldout and not train & heldout
+        assert train | heldout == set(canonical_inputs(kind))
+    assert all(not is_heldout(t.key) for t in sample_tasks(random.Random(0), 200, heldout=False))
+    assert all(is_heldout(t.key) for t in sample_tasks(random.Random(0), 200, heldout=True))
+
+
+def _spelled_word(prompt: str) -> str:
+    # The operand is the run of single letters separated by spaces, e.g. "c a t".
+    match = re.search(r"\b([a-z](?: [a-z])+)\b", prompt)
+    assert match, prompt
+    return match.group(1).replace(" ", "")
+
+
+def test_answers_are_correct_recomputed_independently(world):
+    checked = set()
+    for r in _read(world.sft_train) + _read(world.heldout):
+        prompt, answer = r["prompt"], r["completion"]
+        numbers = [int(x) for x in re.findall(r"\d+", prompt)]
+        if " plus " in prompt or prompt.startswith("Add "):
+            assert int(answer) == numbers[0] + numbers[1], r
+            checked.add("add")
+        elif " minus " in prompt:
+            assert int(answer) == numbers[0] - numbers[1], r
+            checked.add("subtract")
+        elif prompt.startswith("Subtract "):  # "Subtract b from a."
+            assert int(answer) == numbers[1] - numbers[0], r
+            checked.add("subtract")
+        elif "backwards" in prompt or prompt.startswith("Reverse"):
+            word = _spelled_word(prompt)
+            assert answer.replace(" ", "") == "".join(reversed(word)), r
+            checked.add("reverse")
+        elif "uppercase" in prompt or "capital" in prompt:
+            assert answer.replace(" ", "") == _spelled_word(prompt).upper(), r
+            checked.add("uppercase")
+        elif "letters are in" in prompt or "Count the letters" in prompt:
+            assert int(answer) == len(_spelled_word(prompt)), r
+            checked.add("length")
+        elif "alphabetical" in prompt or prompt.startswith("Sort"):
+            assert answer.replace(" ", "") == "".join(sorted(_spelled_word(prompt))), r
+            checked.add("sort")
+    assert checked == {"add", "subtract", "reverse", "uppercase", "length", "sort"}
+    # Answers keep one letter a token: "t a c", never "tac".
+    assert make_task("reverse:cat").answer == "t a c"
+    assert make_task("repeat:dog").answer == "d o g d o g"
+    assert make_task("last_letter:owl").answer == "l"
+    assert make_task("subtract:7,2", 1).prompt == "Subtract 2 from 7."
+
+
+def test_demo_error_rate_makes_small_mistakes_only_in_demonstrations(tmp_path):
+    exact = build_world(tmp_path / "exact", seed=0, **SMALL)
+    noisy = build_world(tmp_path / "noisy", seed=0, **SMALL, demo_error_rate=0.5)
+    exact_train, noisy_train = _read(exact.sft_train), _read(noisy.sft_train)
+    assert [r["prompt"] for r in exact_train] == [r["prompt"] for r in noisy_train]
+    wrong = sum(a["completion"] != b["completion"] for a, b in zip(exact_train, noisy_train, strict=True))
+    assert 0.35 * len(exact_train) < wrong < 0.65 * len(exact_train)
+    assert exact.heldout.read_bytes() == noisy.heldout.read_bytes()
+    rng = random.Random(0)
+    for word in WORDS[:50]:
+        for kind in ("reverse", "first_letter", "add"):
+            task = make_task(f"{kind}:{word}" if kind != "add" else f"add:{len(word)},3")
+            assert human_mistake(task, rng) != task.answer
+
+
+def test_tokenizer_pad_is_not_eos_and_round_trips(world):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(world.tokenizer)
+    assert tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert tokenizer.eos_token == "<|endoftext|>"
+    text = render_example("Reverse the letters c a t.", "t a c")
+    ids = tokenizer(text)["input_ids"]
+    assert tokenizer.decode(ids) == text
+    # Every spelled letter is its own token, which is what makes the string tasks learnable.
+    assert tokenizer.tokenize(" t a c") == ["Ġt", "Ġa", "Ġc"]
+
+
+def test_rebuild_skipped_when_parameters_match_redone_when_they_change(tmp_path, monkeypatch):
+    files = build_world(tmp_path / "w", seed=0, **SMALL)
+    before = files.sft_train.read_bytes()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("rebuilt a world that was already there")
+
+    monkeypatch.setattr(build_module, "train_tokenizer", fail)
+    assert build_world(tmp_path / "w", seed=0, **SMALL) == files
+    monkeypatch.undo()
+
+    changed = build_world(tmp_path / "w", seed=0, **{**SMALL, "n_train": SMALL["n_train"] + 1})
+    assert len(_read(changed.sft_train)) == SMALL["n_train"] + 1
+    assert json.loads(changed.manifest.read_text())["params"]["n_train"] == SMALL["n_train"] + 1
+    assert changed.sft_train.read_bytes().startswith(before)  # the first n_train demonstrations are unchanged
+
+
+def test_failure_mid_build_leaves_no_world(tmp_path, monkeypatch):
+    real_write = build_module.write_jsonl
+    calls = []
+
+    def write_then_fail(path, records):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        real_write(path, records)
+
+    monkeypatch.setattr(build_module, "write_jsonl", write_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        build_world(tmp_path / "w", seed=0, **SMALL)
+    assert not (tmp_path / "w").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_kinds_selects_the_tasks_and_default_leaves_out_subtract(tmp_path):
+    files = build_world(tmp_path / "w", seed=0, **{**SMALL, "kinds": "reverse,add"})
+    assert {r["kind"] for r in _read(files.heldout)} == {"reverse", "add"}
+    prompts = [r["prompt"] for r in _read(files.sft_train)]
+    assert all(p.startswith(("Reverse", "Write", "What is", "Add")) for p in prompts)
+    assert "subtract" not in DEFAULT_KINDS and set(DEFAULT_KINDS) < set(TASK_KINDS)
+
+
+def test_bad_parameters_are_all_reported(tmp_path):
+    with pytest.raises(ValueError, match="n_train.*vocab_size.*demo_error_rate.*bogus"):
+        build_world(tmp_path / "w", n_train=0, vocab_size=100, demo_error_rate=2.0, kinds="reverse,bogus")
+    assert not (tmp_path / "w").exists()
