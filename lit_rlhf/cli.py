@@ -22,11 +22,12 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 # Importing the modules registers them as choices for --model and --data.
 from lit_rlhf import data as _data  # noqa: F401
 from lit_rlhf import distributed as _distributed  # noqa: F401  (registers --trainer.strategy=fsdp2)
-from lit_rlhf.data.modules import SFTDataModule  # noqa: F401
+from lit_rlhf.data.modules import PreferenceDataModule, SFTDataModule  # noqa: F401
 from lit_rlhf.data.prompts import PromptDataModule  # noqa: F401
 from lit_rlhf.evaluation.command import evaluate_command
 from lit_rlhf.loggers import WandbLogger
 from lit_rlhf.ppo.module import PPOModule  # noqa: F401
+from lit_rlhf.reward import RewardModule  # noqa: F401
 from lit_rlhf.sft import SFTModule  # noqa: F401
 
 

@@ -1,0 +1,178 @@
+"""Ranked completions for the reward model: the exact answer and perturbed answers whose order is known.
+
+For each task the simulated labeler ranks K = 4..9 answers: the exact answer first, then answers with strictly
+increasing damage. Damage is measured, not assumed: for a number answer it is the distance from the true value;
+for a spelled answer (``"t a c"``) it is the letter-level edit distance to the exact answer. A new answer is
+accepted only if its damage is larger than the previous one's, so the ranking is the true quality order (an edit
+that happens to undo an earlier one is rejected). Completions are written in shuffled order with
+``ranking`` = their indices, best first, the K-wise format of ``lit_rlhf.data.records``.
+
+Layout written into a world directory::
+
+    rm/train.jsonl   {"prompt", "completions", "ranking"} on training-split inputs
+    rm/val.jsonl     the same on held-out inputs (the RM's validation measures unseen inputs)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import string
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from lit_rlhf.world.tasks import Task, sample_tasks
+
+K_MIN, K_MAX = 4, 9
+"""InstructGPT labelers ranked K = 4..9 responses per prompt."""
+
+
+def edit_distance(a: list[str], b: list[str]) -> int:
+    """Levenshtein distance between two token lists (insert, delete, substitute each cost 1)."""
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, start=1):
+        cur = [i]
+        for j, y in enumerate(b, start=1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+def _is_number(text: str) -> bool:
+    return text.lstrip("-").isdigit()
+
+
+def damage(answer: str, candidate: str) -> int:
+    """How far ``candidate`` is from the exact ``answer``: numeric distance for numbers, else letter edit distance."""
+    if _is_number(answer) and _is_number(candidate):
+        return abs(int(candidate) - int(answer))
+    return edit_distance(answer.split(" "), candidate.split(" "))
+
+
+def _random_edit(tokens: list[str], rng: random.Random) -> list[str]:
+    """One random letter-level edit: swap two neighbours, drop, replace or insert a letter."""
+    tokens = list(tokens)
+    alphabet = string.ascii_uppercase if any(t.isupper() for t in tokens) else string.ascii_lowercase
+    op = rng.choice(("swap", "drop", "replace", "insert") if len(tokens) > 1 else ("replace", "insert"))
+    i = rng.randrange(len(tokens))
+    if op == "swap":
+        i = rng.randrange(len(tokens) - 1)
+        tokens[i], tokens[i + 1] = tokens[i + 1], tokens[i]
+    elif op == "drop":
+        del tokens[i]
+    elif op == "replace":
+        tokens[i] = rng.choice(alphabet)
+    else:
+        tokens.insert(rng.randrange(len(tokens) + 1), rng.choice(alphabet))
+    return tokens
+
+
+def damaged_answers(answer: str, k: int, rng: random.Random, max_tries: int = 200) -> list[str]:
+    """``k`` distinct answers, best first: ``answer`` itself, then ``k - 1`` of strictly increasing damage.
+
+    Args:
+        answer: The exact answer (a number, or letters separated by spaces).
+        k: How many answers (>= 2).
+        rng: The only source of randomness.
+        max_tries: Random edits tried per answer before giving up (never reached in practice).
+    """
+    if k < 2:
+        raise ValueError(f"k must be >= 2, got {k}")
+    if _is_number(answer):
+        # Off by 1, 2, 3, ... in a random direction: the further from the truth, the worse.
+        value = int(answer)
+        return [answer] + [str(value + d * rng.choice((-1, 1))) for d in range(1, k)]
+    out = [answer]
+    tokens = answer.split(" ")
+    for _ in range(k - 1):
+        for attempt in range(max_tries):
+            # One edit usually suffices; a short, fully wrong answer needs several (inserts) to get worse.
+            candidate = tokens
+            for _ in range(1 + attempt // 10):
+                candidate = _random_edit(candidate, rng) if candidate else [rng.choice(string.ascii_lowercase)]
+            text = " ".join(candidate)
+            if candidate and text not in out and damage(answer, text) > damage(answer, out[-1]):
+                break
+        else:
+            raise RuntimeError(f"could not damage {answer!r} further after {max_tries} tries")
+        tokens = candidate
+        out.append(text)
+    return out
+
+
+def ranking_record(prompt: str, answer: str, k: int, rng: random.Random, flip_prob: float = 0.0) -> dict[str, Any]:
+    """One K-wise record: ``{"prompt", "completions" (shuffled), "ranking" (indices, best first)}``.
+
+    Args:
+        flip_prob: Chance that the labeler swaps each pair of neighbouring ranks (human-like disagreement);
+            0 gives the true order.
+    """
+    ordered = damaged_answers(answer, k, rng)
+    order = list(range(k))
+    rng.shuffle(order)  # completions[i] = ordered[order[i]]
+    completions = [ordered[j] for j in order]
+    ranking = sorted(range(k), key=lambda i: order[i])
+    for i in range(k - 1):
+        if rng.random() < flip_prob:
+            ranking[i], ranking[i + 1] = ranking[i + 1], ranking[i]
+    return {"prompt": prompt, "completions": completions, "ranking": ranking}
+
+
+def make_rankings(
+    tasks: Iterable[Task | Mapping[str, str]],
+    rng: random.Random,
+    k_min: int = K_MIN,
+    k_max: int = K_MAX,
+    flip_prob: float = 0.0,
+) -> list[dict[str, Any]]:
+    """K-wise records for ``tasks`` (``Task`` objects or ``{"prompt", "completion"}`` records with exact answers).
+
+    K is drawn uniformly from ``k_min..k_max`` for each task.
+    """
+    records = []
+    for task in tasks:
+        prompt, answer = (task.prompt, task.answer) if isinstance(task, Task) else (task["prompt"], task["completion"])
+        records.append(ranking_record(prompt, answer, rng.randint(k_min, k_max), rng, flip_prob))
+    return records
+
+
+def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    tmp.replace(path)  # atomic: a file at ``path`` is always complete
+
+
+def write_world_rankings(
+    world_dir: str | os.PathLike,
+    seed: int = 0,
+    n_train: int = 3000,
+    n_val: int = 200,
+    k_min: int = K_MIN,
+    k_max: int = K_MAX,
+    flip_prob: float = 0.0,
+    overwrite: bool = False,
+) -> tuple[Path, Path]:
+    """Write ``rm/train.jsonl`` (training-split inputs) and ``rm/val.jsonl`` (held-out inputs) into ``world_dir``.
+
+    Same arguments give identical files; existing files are kept unless ``overwrite``.
+
+    Returns:
+        The train and validation paths.
+    """
+    root = Path(world_dir)
+    train_path, val_path = root / "rm" / "train.jsonl", root / "rm" / "val.jsonl"
+    if train_path.exists() and val_path.exists() and not overwrite:
+        return train_path, val_path
+    for path, n, heldout in ((train_path, n_train, False), (val_path, n_val, True)):
+        rng = random.Random(f"{seed}:rankings:{'val' if heldout else 'train'}")
+        tasks = sample_tasks(rng, n, heldout=heldout)
+        _write_jsonl(path, make_rankings(tasks, rng, k_min, k_max, flip_prob))
+    return train_path, val_path
+
+
+__all__ = ["damage", "damaged_answers", "edit_distance", "make_rankings", "ranking_record", "write_world_rankings"]
