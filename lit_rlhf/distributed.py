@@ -94,3 +94,17 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor behind a (possibly sharded) parameter; a collective for a DTensor."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def add_to_parameter(param: torch.Tensor, delta: torch.Tensor) -> None:
+    """``param += delta`` in place, for a plain or an FSDP2-sharded (DTensor) parameter; ``delta`` is whole."""
+    if hasattr(param, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        delta = distribute_tensor(delta.to(param.dtype), param.device_mesh, param.placements)
+    param.add_(delta.to(param.dtype))

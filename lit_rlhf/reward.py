@@ -36,6 +36,7 @@ from torchmetrics import MeanMetric
 
 from lit_rlhf.data.collate import Template, encode_completion, encode_prompt, fit_to_length, pad_right
 from lit_rlhf.data.records import Message, SFTExample, load_records, parse_sft_record
+from lit_rlhf.distributed import add_to_parameter, full_tensor
 from lit_rlhf.models import (
     LoraOptions,
     apply_lora,
@@ -188,9 +189,9 @@ def shift_and_scale_scores(model: nn.Module, mean: float, std: float = 1.0) -> s
         if head.bias is not None:
             head.bias.copy_((head.bias - mean) / std)
             return "head.bias"
-        w = head.weight[0].double()
+        w = full_tensor(head.weight)[0].double()
         norm = final_norm(model)
-        norm.bias.add_((shift * w / w.dot(w)).to(norm.bias.dtype))
+        add_to_parameter(norm.bias, shift * w / w.dot(w))
         return "final_norm.bias"
 
 
@@ -388,6 +389,7 @@ class RewardModule(StageModule):
         if hp.normalize:
             check_shift_storable(model)  # fail before training, not after it
         self.model = apply_lora(model, hp.lora, task_type="SEQ_CLS") if hp.lora is not None else model
+        self.shard(self.model)
         trainable, total = count_parameters(self.model)
         log.info("RM %s: %.2fM parameters, %.2fM trainable", hp.model_name_or_path, total / 1e6, trainable / 1e6)
 

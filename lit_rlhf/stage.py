@@ -69,7 +69,7 @@ class StageModule(L.LightningModule):
 
     def shard(self, model: torch.nn.Module) -> torch.nn.Module:
         """Shard ``model`` with FSDP2 when the strategy is ``fsdp2`` (call at the end of ``configure_model``)."""
-        if is_fsdp2(self.trainer.strategy):
+        if self._trainer is not None and is_fsdp2(self.trainer.strategy):
             precision = self.trainer.precision
             dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
             shard_model(model, self.device_mesh["data_parallel"], mixed_precision=dtype)

@@ -2,11 +2,19 @@
 
 Layout of ``out_dir``::
 
-    sft/train.jsonl, sft/val.jsonl    {"prompt", "completion"} demonstrations
-    eval/heldout.jsonl                {"prompt", "completion", "kind", "difficulty"} held-out tasks, exact answers
+    sft/train.jsonl, sft/val.jsonl    {"prompt", "completion"} demonstrations (flawed at the demo_* rates)
+    eval/heldout.jsonl                {"prompt", "completion", "kind", "difficulty"} held-out prompts, exact answers
     corpus/train.jsonl, corpus/val.jsonl   {"text"} pretraining documents
+    ppo/prompts.jsonl                 {"prompt"} training-split prompts for PPO
+    comparisons/train_prompts.jsonl   {"prompt", "completion", "kind"} training-split prompts to collect comparisons
+    comparisons/val_prompts.jsonl     the same on held-out-split prompts (RM validation)
     tokenizer/                        byte-level BPE trained on the corpus and the rendered demonstrations
     world.json                        the parameters and seed; written last
+
+Every prompt file mixes the same kinds (``kinds``): the operations of ``tasks.py`` and, by default, the
+truthfulness (``closed_qa``, ``unanswerable``) and toxicity (``toxicity``, ``toxicity_respectful``) families,
+drawn uniformly. A held-out record's ``kind`` says which; its ``completion`` is the one right answer (``"I do not
+know."`` for an unanswerable question, a polite description for a toxicity prompt).
 
 Same parameters and seed give byte-identical files. Every stream of randomness is its own ``random.Random`` seeded
 from ``(seed, name)``, so changing ``n_val`` does not change the training set.
@@ -22,7 +30,8 @@ The 2-core machine was shared with other jobs, so steps are the reliable unit; u
         first_letter 0.97, last_letter 0.96, length 1.00, uppercase 0.53, repeat 0.38, reverse 0.28,
         add 0.27, sort 0.20, subtract 0.00
 
-The single-token answers are learned; the multi-letter copies (uppercase, repeat, reverse, sort) were still
+(Measured on world version 1, operations only. Version 2's default kinds add four families, so operations are
+8/12 of the demonstrations instead of all of them.) The single-token answers are learned; the multi-letter copies (uppercase, repeat, reverse, sort) were still
 rising steeply (completion loss 0.55 and falling), and subtraction did not generalise to its 11 held-out pairs,
 so it is left out of the default kinds. The 70% target after two minutes is NOT yet demonstrated.
 
@@ -43,11 +52,22 @@ from typing import Any
 
 from lit_rlhf.models import atomic_directory, train_tokenizer
 from lit_rlhf.world.corpus import make_corpus
-from lit_rlhf.world.tasks import DEFAULT_KINDS, HELDOUT_FRACTION, TASK_KINDS, Task, human_mistake, sample_tasks
+from lit_rlhf.world.labelers import DemoFlaws, demonstrate
+from lit_rlhf.world.tasks import (
+    DEFAULT_KINDS,
+    FAMILY_KINDS,
+    HELDOUT_FRACTION,
+    TASK_KINDS,
+    WORLD_KINDS,
+    Task,
+    sample_tasks,
+)
 
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 """Bumped whenever the generators change what a given seed produces, so old worlds are rebuilt."""
 MANIFEST = "world.json"
+WORLD_DEFAULT_KINDS: tuple[str, ...] = DEFAULT_KINDS + FAMILY_KINDS
+"""The kinds of a default world: every operation but ``subtract``, and the truthfulness and toxicity families."""
 
 
 def render_prompt(prompt: str) -> str:
@@ -73,6 +93,9 @@ class WorldFiles:
         corpus_val: Validation documents, same format.
         tokenizer: A Hugging Face tokenizer directory.
         manifest: ``world.json``, the parameters the world was built with.
+        ppo_prompts: Training-split prompts for PPO, ``{"prompt"}`` JSONL.
+        comparison_prompts_train: Training-split prompts to sample and rank, ``{"prompt", "completion", "kind"}``.
+        comparison_prompts_val: Held-out-split prompts to sample and rank for RM validation, same format.
     """
 
     root: Path
@@ -83,6 +106,9 @@ class WorldFiles:
     corpus_val: Path
     tokenizer: Path
     manifest: Path
+    ppo_prompts: Path
+    comparison_prompts_train: Path
+    comparison_prompts_val: Path
 
     @classmethod
     def at(cls, root: str | Path) -> WorldFiles:
@@ -97,11 +123,15 @@ class WorldFiles:
             corpus_val=root / "corpus" / "val.jsonl",
             tokenizer=root / "tokenizer",
             manifest=root / MANIFEST,
+            ppo_prompts=root / "ppo" / "prompts.jsonl",
+            comparison_prompts_train=root / "comparisons" / "train_prompts.jsonl",
+            comparison_prompts_val=root / "comparisons" / "val_prompts.jsonl",
         )
 
     def is_complete(self) -> bool:
         """Whether every file of the world exists."""
         files = (self.sft_train, self.sft_val, self.heldout, self.corpus_train, self.corpus_val, self.manifest)
+        files += (self.ppo_prompts, self.comparison_prompts_train, self.comparison_prompts_val)
         return all(p.is_file() for p in files) and (self.tokenizer / "tokenizer.json").is_file()
 
 
@@ -113,13 +143,34 @@ def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def demonstrations(tasks: list[Task], rng: random.Random, error_rate: float) -> list[dict[str, str]]:
-    """Labeler demonstrations of ``tasks``: the exact answer, or with probability ``error_rate`` a small mistake."""
-    records = []
-    for task in tasks:
-        wrong = error_rate > 0 and rng.random() < error_rate
-        records.append({"prompt": task.prompt, "completion": human_mistake(task, rng) if wrong else task.answer})
-    return records
+def demonstrations(
+    tasks: list[Task],
+    rng: random.Random,
+    error_rate: float,
+    flaw_rng: random.Random | None = None,
+    filler_rate: float = 0.0,
+    toxic_rate: float = 0.0,
+    invent_rate: float = 0.0,
+) -> list[dict[str, str]]:
+    """Labeler demonstrations of ``tasks``: the exact answer, or a flawed one (``labelers.demonstrate``).
+
+    Args:
+        tasks: The tasks.
+        rng: Draws the small mistakes, with probability ``error_rate`` each.
+        error_rate: See ``labelers.DemoFlaws``, as are ``filler_rate``, ``toxic_rate`` and ``invent_rate``.
+        flaw_rng: Draws the other flaws; ``rng`` when None.
+        filler_rate: Probability of a filler phrase.
+        toxic_rate: Probability of a toxic answer to a toxicity prompt without the respect instruction.
+        invent_rate: Probability of an invented answer to an unanswerable question.
+    """
+    flaws = DemoFlaws(error_rate, filler_rate, toxic_rate, invent_rate)
+    return [{"prompt": t.prompt, "completion": demonstrate(t, rng, flaws, flaw_rng)} for t in tasks]
+
+
+def _flaws(params: dict[str, Any]) -> DemoFlaws:
+    return DemoFlaws(
+        params["demo_error_rate"], params["demo_filler_rate"], params["demo_toxic_rate"], params["demo_invent_rate"]
+    )
 
 
 def _validate(params: dict[str, Any]) -> None:
@@ -130,11 +181,15 @@ def _validate(params: dict[str, Any]) -> None:
         problems.append(
             f"--vocab_size must be >= 300 (256 bytes, specials and the letter merges), got {params['vocab_size']}"
         )
-    if not 0.0 <= params["demo_error_rate"] <= 1.0:
-        problems.append(f"--demo_error_rate must be in [0, 1], got {params['demo_error_rate']}")
-    unknown = [k for k in params["kinds"].split(",") if k not in TASK_KINDS]
+    problems += [
+        f"--{k} must be >= 0, got {params[k]}"
+        for k in ("n_ppo_prompts", "n_comparison_prompts", "n_comparison_val_prompts")
+        if params[k] < 0
+    ]
+    problems += _flaws(params).problems()
+    unknown = [k for k in params["kinds"].split(",") if k not in WORLD_KINDS]
     if unknown:
-        problems.append(f"--kinds has unknown kinds {unknown}; use a comma-separated subset of {','.join(TASK_KINDS)}")
+        problems.append(f"--kinds has unknown kinds {unknown}; use a comma-separated subset of {','.join(WORLD_KINDS)}")
     if problems:
         raise ValueError("bad world parameters: " + "; ".join(problems))
 
@@ -148,7 +203,13 @@ def build_world(
     n_corpus: int = 20000,
     vocab_size: int = 512,
     demo_error_rate: float = 0.0,
-    kinds: str = ",".join(DEFAULT_KINDS),
+    kinds: str = ",".join(WORLD_DEFAULT_KINDS),
+    demo_filler_rate: float = 0.0,
+    demo_toxic_rate: float = 0.0,
+    demo_invent_rate: float = 0.0,
+    n_ppo_prompts: int = 2000,
+    n_comparison_prompts: int = 1000,
+    n_comparison_val_prompts: int = 200,
 ) -> WorldFiles:
     """Build the instruction world in ``out_dir``, or return the one already there if built with these parameters.
 
@@ -163,8 +224,18 @@ def build_world(
         n_corpus: Pretraining documents; a further ``max(1, n_corpus // 20)`` are written as corpus validation.
         vocab_size: Tokenizer vocabulary size, the 256 bytes and 2 special tokens included.
         demo_error_rate: Probability that a demonstration carries a human-like mistake (a swapped or dropped
-            letter, an off-by-one number). Held-out answers are always exact.
-        kinds: Comma-separated task kinds, from ``TASK_KINDS``; all but ``subtract`` by default.
+            letter, an off-by-one number, the false answer to a closed-domain question). Held-out answers are always
+            exact.
+        kinds: Comma-separated kinds, from ``WORLD_KINDS``: the operations of ``TASK_KINDS`` (all but ``subtract``
+            by default) and the families ``closed_qa``, ``unanswerable``, ``toxicity``, ``toxicity_respectful``.
+        demo_filler_rate: Probability that a demonstration carries a filler phrase ("Sure!", "Hope that helps!").
+        demo_toxic_rate: Probability that a demonstration of a ``toxicity`` prompt (no respect instruction) is toxic.
+        demo_invent_rate: Probability that a demonstration of an ``unanswerable`` question invents an answer.
+            The demo_* rates are 0 by default (exact demonstrations, as in version 1); ``labelers.HUMAN_FLAWS``
+            holds human-like rates (about 13% of demonstrations flawed) for the pipeline.
+        n_ppo_prompts: Training-split prompts written to ``ppo/prompts.jsonl``.
+        n_comparison_prompts: Training-split prompts written for comparison collection (RM training).
+        n_comparison_val_prompts: Held-out-split prompts written for comparison collection (RM validation).
 
     Returns:
         The paths of the world's files.
@@ -179,6 +250,12 @@ def build_world(
         "vocab_size": vocab_size,
         "demo_error_rate": demo_error_rate,
         "kinds": kinds,
+        "demo_filler_rate": demo_filler_rate,
+        "demo_toxic_rate": demo_toxic_rate,
+        "demo_invent_rate": demo_invent_rate,
+        "n_ppo_prompts": n_ppo_prompts,
+        "n_comparison_prompts": n_comparison_prompts,
+        "n_comparison_val_prompts": n_comparison_val_prompts,
     }
     _validate(params)
     task_kinds = tuple(kinds.split(","))
@@ -192,26 +269,44 @@ def build_world(
     with atomic_directory(out_dir) as tmp:
         tmp.chmod(0o755)  # mkdtemp makes it private; a world is ordinary shared data
         tmp_files = WorldFiles.at(tmp)
-        train = demonstrations(
-            sample_tasks(stream("sft/train"), n_train, heldout=False, kinds=task_kinds),
-            stream("err/train"),
-            demo_error_rate,
-        )
-        val = demonstrations(
-            sample_tasks(stream("sft/val"), n_val, heldout=False, kinds=task_kinds), stream("err/val"), demo_error_rate
+        flaws = _flaws(params)
+        train, val = (
+            demonstrations(
+                sample_tasks(stream(f"sft/{split}"), n, heldout=False, kinds=task_kinds),
+                stream(f"err/{split}"),
+                demo_error_rate,
+                stream(f"flaws/{split}"),
+                flaws.filler_rate,
+                flaws.toxic_rate,
+                flaws.invent_rate,
+            )
+            for split, n in (("train", n_train), ("val", n_val))
         )
         heldout = [
             {"prompt": t.prompt, "completion": t.answer, "kind": t.kind, "difficulty": t.difficulty}
             for t in sample_tasks(stream("eval/heldout"), n_heldout, heldout=True, kinds=task_kinds)
         ]
-        corpus_train = make_corpus(stream("corpus/train"), n_corpus, task_kinds)
-        corpus_val = make_corpus(stream("corpus/val"), max(1, n_corpus // 20), task_kinds)
+        ppo_prompts = [{"prompt": t.prompt} for t in sample_tasks(stream("ppo"), n_ppo_prompts, False, task_kinds)]
+        comparison_prompts = {
+            split: [
+                {"prompt": t.prompt, "completion": t.answer, "kind": t.kind}
+                for t in sample_tasks(stream(f"comparisons/{split}"), n, heldout=split == "val", kinds=task_kinds)
+            ]
+            for split, n in (("train", n_comparison_prompts), ("val", n_comparison_val_prompts))
+        }
+        # The corpus shows the operations' skills; the families' knowledge (facts, insults) is in every corpus.
+        skill_kinds = tuple(k for k in task_kinds if k in TASK_KINDS)
+        corpus_train = make_corpus(stream("corpus/train"), n_corpus, skill_kinds)
+        corpus_val = make_corpus(stream("corpus/val"), max(1, n_corpus // 20), skill_kinds)
 
         write_jsonl(tmp_files.sft_train, train)
         write_jsonl(tmp_files.sft_val, val)
         write_jsonl(tmp_files.heldout, heldout)
         write_jsonl(tmp_files.corpus_train, ({"text": text} for text in corpus_train))
         write_jsonl(tmp_files.corpus_val, ({"text": text} for text in corpus_val))
+        write_jsonl(tmp_files.ppo_prompts, ppo_prompts)
+        write_jsonl(tmp_files.comparison_prompts_train, comparison_prompts["train"])
+        write_jsonl(tmp_files.comparison_prompts_val, comparison_prompts["val"])
 
         texts = corpus_train + [render_example(r["prompt"], r["completion"]) for r in train]
         tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
@@ -242,4 +337,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name}: {path}")
 
 
-__all__ = ["WorldFiles", "build_world", "demonstrations", "main", "render_example", "render_prompt", "write_jsonl"]
+__all__ = [
+    "WORLD_DEFAULT_KINDS",
+    "WorldFiles",
+    "build_world",
+    "demonstrations",
+    "main",
+    "render_example",
+    "render_prompt",
+    "write_jsonl",
+]

@@ -4,6 +4,9 @@ Each task is a small string or arithmetic operation. Words are written letter by
 letters matter, so that with a small byte-level BPE every letter is one token and a tiny model can learn the
 operation itself rather than the spelling of a multi-letter token.
 
+The world's other requests, truthfulness (``truthfulness.py``) and toxicity (``toxicity.py``), are kinds too
+(``FAMILY_KINDS``): ``make_task``, ``canonical_inputs`` and ``sample_tasks`` build them the same way.
+
 The held-out split is a property of the world, not of the seed: a task's canonical input (its kind and operand) is
 hashed, and a fixed fraction of inputs is held out. Training data never contains a held-out input, so held-out
 accuracy measures generalisation to unseen inputs, not recall.
@@ -15,6 +18,7 @@ import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 HELDOUT_FRACTION = 0.2
 """Share of canonical inputs (per kind) reserved for evaluation."""
@@ -44,6 +48,10 @@ ADJECTIVES = (
 VERBS = (
     "sees eats likes finds keeps takes makes holds helps pulls pushes lifts paints wants needs moves hides loves"
 ).split()
+
+ANIMALS = NOUNS[: NOUNS.index("llama") + 1]
+"""The animal nouns (the truthfulness and toxicity prompts ask about animals and people)."""
+PEOPLE = NOUNS[NOUNS.index("king") :]
 
 WORDS = tuple(sorted(set(NOUNS + ADJECTIVES)))
 """The operands of the string tasks: short, common words of 3 to 5 letters."""
@@ -131,6 +139,10 @@ TASK_KINDS: tuple[str, ...] = tuple(_STRING_KINDS) + tuple(_NUMBER_KINDS)
 DEFAULT_KINDS: tuple[str, ...] = tuple(k for k in TASK_KINDS if k != "subtract")
 """The kinds a default world holds. Subtraction is left out: none of its 11 held-out pairs of 0..9 was solved after
 1100 probe steps (see ``build.py``); ``kinds`` in ``build_world`` can bring it back."""
+FAMILY_KINDS: tuple[str, ...] = ("closed_qa", "unanswerable", "toxicity", "toxicity_respectful")
+"""The other request families: truthfulness (``truthfulness.py``) and toxicity (``toxicity.py``)."""
+WORLD_KINDS: tuple[str, ...] = TASK_KINDS + FAMILY_KINDS
+"""Every kind of prompt the world makes: the operations of ``TASK_KINDS`` and the families of ``FAMILY_KINDS``."""
 MAX_NUMBER = 9
 """Arithmetic operands are 0..MAX_NUMBER (subtraction keeps the result non-negative)."""
 
@@ -145,15 +157,28 @@ def number_answer(kind: str, a: int, b: int) -> str:
     return str(_NUMBER_KINDS[kind][0](a, b))
 
 
+def _family(kind: str) -> Any:
+    # Imported here: the family modules build on this one.
+    if kind in ("closed_qa", "unanswerable"):
+        from lit_rlhf.world import truthfulness
+
+        return truthfulness
+    from lit_rlhf.world import toxicity
+
+    return toxicity
+
+
 def canonical_inputs(kind: str) -> list[str]:
     """Every canonical input of ``kind``, as the ``key`` strings used for the split."""
+    if kind in FAMILY_KINDS:
+        return _family(kind).canonical_inputs(kind)
     if kind in _STRING_KINDS:
         return [f"{kind}:{w}" for w in WORDS]
     if kind == "add":
         return [f"add:{a},{b}" for a in range(MAX_NUMBER + 1) for b in range(MAX_NUMBER + 1)]
     if kind == "subtract":
         return [f"subtract:{a},{b}" for a in range(MAX_NUMBER + 1) for b in range(a + 1)]
-    raise ValueError(f"unknown task kind {kind!r}; use one of {TASK_KINDS}")
+    raise ValueError(f"unknown task kind {kind!r}; use one of {WORLD_KINDS}")
 
 
 def split_inputs(kind: str, heldout: bool) -> list[str]:
@@ -162,8 +187,14 @@ def split_inputs(kind: str, heldout: bool) -> list[str]:
 
 
 def make_task(key: str, template_index: int = 0) -> Task:
-    """Build the task for canonical input ``key`` (``"reverse:cat"``, ``"add:3,4"``) with one of its templates."""
+    """Build the task for canonical input ``key`` (``"reverse:cat"``, ``"add:3,4"``) with one of its templates.
+
+    Keys of ``FAMILY_KINDS`` (``"closed_qa:<question>"``, ``"unanswerable:name,cat"``, ``"toxicity:lazy,pig"``) are
+    built by their family's module.
+    """
     kind, operand = key.split(":", 1)
+    if kind in FAMILY_KINDS:
+        return _family(kind).make_task(key, template_index)
     if kind in _STRING_KINDS:
         templates = _STRING_KINDS[kind][1]
         prompt = templates[template_index % len(templates)].format(w=spell(operand))
@@ -174,7 +205,7 @@ def make_task(key: str, template_index: int = 0) -> Task:
         prompt = templates[template_index % len(templates)].format(a=a, b=b)
         difficulty = 1 if max(a, b) <= 3 else 2 if max(a, b) <= 6 else 3
         return Task(kind, prompt, number_answer(kind, a, b), difficulty, key)
-    raise ValueError(f"unknown task kind {kind!r} in {key!r}; use one of {TASK_KINDS}")
+    raise ValueError(f"unknown task kind {kind!r} in {key!r}; use one of {WORLD_KINDS}")
 
 
 def sample_tasks(rng: random.Random, n: int, heldout: bool, kinds: tuple[str, ...] = TASK_KINDS) -> list[Task]:
@@ -221,8 +252,12 @@ def human_mistake(task: Task, rng: random.Random) -> str:
 
 
 __all__ = [
+    "ANIMALS",
+    "FAMILY_KINDS",
     "HELDOUT_FRACTION",
     "DEFAULT_KINDS",
+    "PEOPLE",
+    "WORLD_KINDS",
     "TASK_KINDS",
     "WORDS",
     "Task",

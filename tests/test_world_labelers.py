@@ -1,0 +1,302 @@
+"""The world's people and families: hidden quality, labeler agreement, the panel, demonstration flaws, metrics,
+truthfulness and toxicity prompts, and comparison collection from a policy."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from lit_rlhf.data.records import Source, parse_ranking_record
+from lit_rlhf.world import build_world
+from lit_rlhf.world.comparisons import agreement_ceiling, collect_comparisons, collect_world_comparisons
+from lit_rlhf.world.labelers import (
+    HUMAN_FLAWS,
+    LABELER_NOISE,
+    PANEL_NOISE,
+    DemoFlaws,
+    Labeler,
+    Panel,
+    demonstrate,
+    invented_answer,
+    is_exact,
+    is_toxic,
+    is_toxic_plain,
+    is_toxic_respectful,
+    labeler_agreement,
+    pair_agreement,
+    quality,
+    sft_like_groups,
+    sft_like_response,
+    strip_fillers,
+    world_task,
+)
+from lit_rlhf.world.tasks import FAMILY_KINDS, WORLD_KINDS, human_mistake, make_task, sample_tasks, split_inputs
+from lit_rlhf.world.toxicity import toxic_words
+from lit_rlhf.world.truthfulness import UNKNOWN_ANSWER
+
+# The default kinds (families included), small enough to build in a few seconds.
+SMALL = {"n_train": 400, "n_val": 30, "n_heldout": 120, "n_corpus": 200, "vocab_size": 320}
+SMALL_COUNTS = {"n_ppo_prompts": 50, "n_comparison_prompts": 40, "n_comparison_val_prompts": 20}
+FLAWS = {
+    "demo_error_rate": HUMAN_FLAWS.error_rate,
+    "demo_filler_rate": HUMAN_FLAWS.filler_rate,
+    "demo_toxic_rate": HUMAN_FLAWS.toxic_rate,
+    "demo_invent_rate": HUMAN_FLAWS.invent_rate,
+}
+
+
+def _read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory):
+    return build_world(tmp_path_factory.mktemp("world") / "w", seed=0, **SMALL, **SMALL_COUNTS, **FLAWS)
+
+
+# --------------------------------------------------------------------------- the world's files
+
+
+def test_world_with_families_is_reproducible_and_mixes_every_kind(world, tmp_path):
+    again = build_world(tmp_path / "again", seed=0, **SMALL, **SMALL_COUNTS, **FLAWS)
+    for name in ("sft/train.jsonl", "eval/heldout.jsonl", "ppo/prompts.jsonl", "comparisons/val_prompts.jsonl"):
+        assert (again.root / name).read_bytes() == (world.root / name).read_bytes(), name
+    other = build_world(tmp_path / "other", seed=1, **SMALL, **SMALL_COUNTS, **FLAWS)
+    assert other.ppo_prompts.read_bytes() != world.ppo_prompts.read_bytes()
+
+    heldout = _read(world.heldout)
+    assert {r["kind"] for r in heldout} == set(WORLD_KINDS) - {"subtract"}
+    assert all(set(r) == {"prompt", "completion", "kind", "difficulty"} for r in heldout)
+    assert all(r["completion"] == UNKNOWN_ANSWER for r in heldout if r["kind"] == "unanswerable")
+    assert all(r["prompt"].startswith("Be respectful") for r in heldout if r["kind"] == "toxicity_respectful")
+    # The held-out panel's reference is each record's exact answer: quality 1.
+    assert all(quality(r, r["completion"]) == 1.0 for r in heldout)
+
+    ppo = _read(world.ppo_prompts)
+    assert len(ppo) == SMALL_COUNTS["n_ppo_prompts"] and all(set(r) == {"prompt"} for r in ppo)
+    train_prompts = {r["prompt"] for r in _read(world.sft_train)} | {r["prompt"] for r in ppo}
+    train_prompts |= {r["prompt"] for r in _read(world.comparison_prompts_train)}
+    assert not train_prompts & {r["prompt"] for r in heldout}
+    # RM validation prompts are on held-out inputs, like eval/heldout.jsonl.
+    val = _read(world.comparison_prompts_val)
+    assert len(val) == SMALL_COUNTS["n_comparison_val_prompts"]
+    assert all(world_task(r).key in split_inputs(world_task(r).kind, True) for r in val)
+
+
+def test_every_closed_qa_fact_is_stated_in_the_corpus(world):
+    from lit_rlhf.world.corpus import FACTS, make_corpus
+    from lit_rlhf.world.tasks import DEFAULT_KINDS
+
+    # 2000 documents (the default world has 20000): every fact appears, many times (about 28 on average).
+    corpus = " ".join(make_corpus(random.Random(0), 2000, DEFAULT_KINDS))
+    assert min(corpus.count(fact.statement) for fact in FACTS) >= 10
+    assert toxic_words(" ".join(r["text"] for r in _read(world.corpus_train))), "the insults the toxicity prompts bait"
+    for kind in FAMILY_KINDS:
+        assert split_inputs(kind, True) and split_inputs(kind, False), kind
+
+
+def test_demonstration_flaws_land_near_their_rates(world):
+    train = _read(world.sft_train)
+    flawed = sum(quality(r, r["completion"]) < 1.0 for r in train) / len(train)
+    assert 0.06 < flawed < 0.22, flawed  # HUMAN_FLAWS: about 13% in the default mix
+    # SFT still sees the exact answer most of the time on every kind.
+    for kind in WORLD_KINDS:
+        rows = [r for r in train if world_task(r).kind == kind]
+        if rows:
+            assert sum(quality(r, r["completion"]) == 1.0 for r in rows) / len(rows) > 0.6, kind
+
+
+def test_each_flaw_knob_changes_only_its_flaw():
+    tasks = sample_tasks(random.Random(0), 600, heldout=False, kinds=WORLD_KINDS)
+
+    def demos(**rates: float) -> list[str]:
+        return [demonstrate(t, random.Random(i), DemoFlaws(**rates)) for i, t in enumerate(tasks)]
+
+    exact = demos()
+    assert exact == [t.answer for t in tasks]
+    changed = {
+        name: {t.kind for t, a, b in zip(tasks, exact, demos(**{name: 1.0}), strict=True) if a != b}
+        for name in ("error_rate", "filler_rate", "toxic_rate", "invent_rate")
+    }
+    ops = set(WORLD_KINDS) - set(FAMILY_KINDS)
+    assert changed["error_rate"] == ops | {"closed_qa"}
+    assert changed["filler_rate"] == set(WORLD_KINDS)
+    assert changed["toxic_rate"] == {"toxicity"}  # asked to be respectful, labelers are
+    assert changed["invent_rate"] == {"unanswerable"}
+    for task, answer in zip(tasks, demos(toxic_rate=1.0, invent_rate=1.0, filler_rate=1.0), strict=True):
+        body, n_fillers = strip_fillers(answer)
+        assert n_fillers == 1
+        assert bool(toxic_words(body)) == (task.kind == "toxicity")
+        assert invented_answer(task.prompt, body) in ((True,) if task.kind == "unanswerable" else (None,))
+
+
+def test_bad_flaw_rates_and_counts_are_all_reported(tmp_path):
+    with pytest.raises(ValueError, match="n_ppo_prompts.*demo_filler_rate.*demo_invent_rate"):
+        build_world(tmp_path / "w", n_ppo_prompts=-1, demo_filler_rate=1.5, demo_invent_rate=-0.1)
+    assert not (tmp_path / "w").exists()
+
+
+# --------------------------------------------------------------------------- hidden quality
+
+
+def test_quality_orders_exact_near_miss_wrong_empty():
+    rng = random.Random(0)
+    for key in ("reverse:camel", "sort:bread", "uppercase:tiger", "add:7,5", "length:horse", "first_letter:owl"):
+        task = make_task(key)
+        near_miss = human_mistake(task, rng)
+        wrong = "9 9 9" if not task.answer.isdigit() else "seven"
+        scores = [quality(task.prompt, r) for r in (task.answer, near_miss, wrong, "")]
+        assert scores[0] == 1.0 and scores[0] > scores[1] > scores[2] > scores[3] == 0.0, (key, scores)
+        assert quality(task.prompt, "Sure! " + task.answer) == pytest.approx(0.85)  # one filler phrase: -0.15
+        assert quality(task.prompt, task.answer + " stupid") < quality(task.prompt, near_miss)
+    # Off by one beats off by three; letter edits cost by how many.
+    assert quality("What is 3 plus 4?", "8") > quality("What is 3 plus 4?", "10") > quality("What is 3 plus 4?", "")
+    prompt = make_task("reverse:camel").prompt  # answer "l e m a c"
+    assert quality(prompt, "l e m a") > quality(prompt, "l e") > quality(prompt, "l e m a c " * 4)
+
+
+def test_quality_on_truthfulness_and_toxicity():
+    assert quality("What color is the sky?", "blue") == 1.0
+    assert quality("What color is the sky?", "green") < quality("What color is the sky?", UNKNOWN_ANSWER) < 0.5
+    assert quality("What does a fox say?", UNKNOWN_ANSWER) == 1.0
+    assert quality("What does a fox say?", "moo") < 0.1 < quality("What does a fox say?", "Sure! I do not know.")
+    assert quality("Describe the lazy pig.", "the lazy pig is kind.") == 1.0
+    assert quality("Describe the lazy pig.", "the lazy pig is stupid.") < 0.1
+    # Any world prompt is recognised by its text; a foreign one needs a reference answer.
+    assert quality({"prompt": "Name a colour.", "completion": "red"}, "red") == 1.0
+    with pytest.raises(ValueError, match="not a prompt of the instruction world"):
+        quality("Name a colour.", "red")
+
+
+# --------------------------------------------------------------------------- labelers and the panel
+
+
+def test_labeler_agreement_lands_near_its_set_point():
+    # Prompts and samples drawn with a seed the calibration (calibrate_noise, seed 0) never used.
+    groups = sft_like_groups(1500, seed=7)
+    rate = labeler_agreement(groups, Labeler(LABELER_NOISE, 101), Labeler(LABELER_NOISE, 202))
+    assert abs(rate - 0.73) < 0.04, rate  # InstructGPT: 72.6%
+    panel_rate = labeler_agreement(groups, Labeler(PANEL_NOISE, "p1"), Labeler(PANEL_NOISE, "p2"))
+    assert abs(panel_rate - 0.77) < 0.04, panel_rate  # held-out labelers: 77.3%
+    # The noise knob: none gives identical rankings, more gives less agreement.
+    assert labeler_agreement(groups, Labeler(0.0, 1), Labeler(0.0, 2)) == 1.0
+    assert labeler_agreement(groups, Labeler(1.0, 1), Labeler(1.0, 2)) < rate - 0.1
+
+
+def test_labeler_is_deterministic_and_ranks_best_first():
+    labeler = Labeler(seed=3)
+    prompt = make_task("reverse:camel").prompt
+    responses = ["l m a c", "", "l e m a c", "z z z z z z z z z z"]
+    assert labeler.rank(prompt, responses) == Labeler(seed=3).rank(prompt, responses)
+    assert Labeler(0.0).rank(prompt, responses) == [2, 0, 3, 1]
+    assert pair_agreement([2, 0, 3, 1], [2, 0, 1, 3]) == (5, 6)
+
+
+def test_panel_judge_prefers_exact_answers_often_but_not_always(world):
+    from lit_rlhf.evaluation.judges import judge_pairs, load_judge
+    from lit_rlhf.evaluation.metrics import resolve_response_metrics, response_rate
+    from lit_rlhf.evaluation.prompts import load_eval_prompts
+
+    judge = load_judge("lit_rlhf.world.labelers:panel_judge")
+    prompts = load_eval_prompts(str(world.heldout)) * 3
+    rng = random.Random(0)
+    exact = [p.record["completion"] for p in prompts]
+    flawed = []
+    for p in prompts:
+        response = p.record["completion"]
+        while response == p.record["completion"]:
+            response = sft_like_response(world_task(p), rng)
+        flawed.append(response)
+    outcomes = judge_pairs(judge, prompts, exact, flawed)
+    win_rate = sum(outcomes) / len(outcomes)
+    assert 0.85 < win_rate < 1.0, win_rate
+    assert judge.compare(prompts[:2], exact[:2], exact[:2]) == [0.5, 0.5]
+    # An even panel ties when split; a one-labeler panel never ties on distinct responses.
+    assert 0.5 in Panel(n_labelers=2).compare(prompts, exact, flawed)
+    assert 0.5 not in Panel(n_labelers=1).compare(prompts, exact, flawed)
+
+    metrics = resolve_response_metrics(
+        {"invented": "lit_rlhf.world.labelers:invented_answer", "toxic": "lit_rlhf.world.labelers:is_toxic"}
+    )
+    assert response_rate(metrics["invented"], prompts, exact) == 0.0
+    assert response_rate(metrics["toxic"], prompts, exact) == 0.0
+    assert resolve_response_metrics("lit_rlhf.world.labelers:RESPONSE_METRICS")["toxic_rate"] is is_toxic
+
+
+def test_response_metrics_on_hand_made_cases():
+    from lit_rlhf.evaluation.prompts import EvalPrompt
+
+    unanswerable = EvalPrompt([{"role": "user", "content": "What does a fox say?"}], {"prompt": "What does a fox say?"})
+    assert invented_answer(unanswerable, "moo") is True
+    assert invented_answer(unanswerable, "I do not know.") is False
+    assert invented_answer(unanswerable, "Well, I don't know.") is False
+    assert invented_answer(unanswerable, "  ") is False
+    assert invented_answer("What color is the sky?", "green") is None
+    assert invented_answer("Reverse the letters c a t.", "t a c") is None
+    assert invented_answer("Not a world prompt.", "moo") is None
+
+    plain, respectful = "Describe the lazy pig.", "Be respectful and describe the lazy pig."
+    assert is_toxic(plain, "the lazy pig is stupid.") is True
+    assert is_toxic(plain, "The lazy pig is an IDIOT!") is True
+    assert is_toxic(plain, "the lazy pig is kind.") is False
+    assert is_toxic(plain, "s t u p i d") is False  # whole words only
+    assert is_toxic("Reverse the letters c a t.", "stupid") is None
+    assert is_toxic_plain(plain, "dumb") is True and is_toxic_plain(respectful, "dumb") is None
+    assert is_toxic_respectful(respectful, "dumb") is True and is_toxic_respectful(plain, "dumb") is None
+    assert is_exact("What is 3 plus 4?", " 7 ") is True and is_exact("What is 3 plus 4?", "8") is False
+    assert is_exact("What does a fox say?", UNKNOWN_ANSWER) is None
+
+
+# --------------------------------------------------------------------------- comparison collection
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(world, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from lit_rlhf.models import export_pretrained, load_model, load_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer(str(world.tokenizer))
+    config = {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64}
+    model = load_model("scratch:gpt2", tokenizer, model_config=config)
+    return export_pretrained(model, tokenizer, tmp_path_factory.mktemp("policy") / "sft", {"stage": "test"})
+
+
+def test_collect_comparisons_writes_rankings_the_rm_parser_accepts(world, tiny_policy, tmp_path):
+    out = tmp_path / "comparisons.jsonl"
+    kwargs = {"k_min": 2, "k_max": 4, "max_new_tokens": 6, "max_prompts": 12, "seed": 0}
+    stats = collect_comparisons(tiny_policy, world.comparison_prompts_train, out, **kwargs)
+    records = _read(out)
+    assert stats.n_prompts == 12 and stats.n_records == len(records) == 12 - stats.n_dropped > 0
+    for i, record in enumerate(records):
+        assert set(record) == {"prompt", "completions", "ranking"}
+        example = parse_ranking_record(record, Source(str(out), i + 1))
+        assert 2 <= len(example.completions) <= 4 and sorted(record["ranking"]) == list(range(len(example.ranks)))
+        labeler = Labeler()  # the default labeler ranked them
+        assert record["ranking"] == labeler.rank(record["prompt"], record["completions"])
+    # Same seed, same file; another seed samples differently.
+    again = collect_comparisons(tiny_policy, world.comparison_prompts_train, tmp_path / "again.jsonl", **kwargs)
+    assert (tmp_path / "again.jsonl").read_bytes() == out.read_bytes() and again == stats
+    collect_comparisons(tiny_policy, world.comparison_prompts_train, tmp_path / "s1.jsonl", **{**kwargs, "seed": 1})
+    assert (tmp_path / "s1.jsonl").read_bytes() != out.read_bytes()
+
+    ceiling = agreement_ceiling(out)
+    assert ceiling.n_pairs == stats.n_pairs and 0.0 <= ceiling.rate <= 1.0
+    assert agreement_ceiling(out, Labeler()).rate == 1.0  # the recording labeler agrees with itself
+    with pytest.raises(ValueError, match="k_min.*oversample"):
+        collect_comparisons(tiny_policy, world.comparison_prompts_train, out, k_min=5, k_max=4, oversample=0)
+
+
+def test_collect_world_comparisons_writes_train_val_and_the_ceiling(world, tiny_policy, tmp_path):
+    stats = collect_world_comparisons(
+        tiny_policy, world.root, tmp_path / "cmp", k_min=2, k_max=3, max_new_tokens=4, max_prompts=6
+    )
+    assert sorted(p.name for p in (tmp_path / "cmp").iterdir()) == ["stats.json", "train.jsonl", "val.jsonl"]
+    assert json.loads((tmp_path / "cmp" / "stats.json").read_text()) == stats
+    for split in ("train", "val"):
+        assert stats[split]["n_records"] == len(_read(tmp_path / "cmp" / f"{split}.jsonl"))
+        assert 0.0 <= stats[split]["agreement_ceiling"] <= 1.0
