@@ -17,13 +17,22 @@ class ExactMatchCallback(L.Callback):
 
     Args:
         files: Records with exact answers (SFT formats); relative to the working directory.
-        max_examples: How many records to answer (the first ones).
+        max_examples: How many records to answer (the first ones, after the ``kinds`` filter).
+        kinds: Only records whose ``kind`` field is one of these (e.g. the world's operation tasks); None: all.
         max_new_tokens: Longest answer generated.
         batch_size: Prompts per generate call.
     """
 
-    def __init__(self, files: str | list[str], max_examples: int = 200, max_new_tokens: int = 32, batch_size: int = 64):
+    def __init__(
+        self,
+        files: str | list[str],
+        max_examples: int = 200,
+        max_new_tokens: int = 32,
+        batch_size: int = 64,
+        kinds: list[str] | None = None,
+    ) -> None:
         self.files = files
+        self.kinds = kinds
         self.max_examples = max_examples
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
@@ -32,8 +41,9 @@ class ExactMatchCallback(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.interrupted or not trainer.is_global_zero:
             return
-        examples, _ = load_records(self.files, parse_sft_record)
-        examples = examples[: self.max_examples]
+        records, _ = load_records(self.files, lambda raw, src: (raw.get("kind"), parse_sft_record(raw, src)))
+        records = [(kind, ex) for kind, ex in records if self.kinds is None or kind in self.kinds][: self.max_examples]
+        examples = [ex for _, ex in records]
         tokenizer = pl_module.tokenizer
         template = getattr(trainer.datamodule, "template", "auto")
         prompts = [encode_prompt(tokenizer, ex.prompt, template) for ex in examples]
@@ -50,6 +60,12 @@ class ExactMatchCallback(L.Callback):
             for r, ex in zip(responses, examples, strict=True)
         ]
         self.accuracy = sum(right) / len(right)
+        by_kind: dict[str, list[bool]] = {}
+        for (kind, _), ok in zip(records, right, strict=True):
+            by_kind.setdefault(kind or "all", []).append(ok)
+        self.by_kind = {kind: sum(oks) / len(oks) for kind, oks in sorted(by_kind.items())}
         for logger in trainer.loggers:
             logger.log_metrics({"heldout/exact_match": self.accuracy}, step=trainer.global_step)
+        detail = ", ".join(f"{kind} {acc:.0%}" for kind, acc in self.by_kind.items())
         print(f"[lit-rlhf] held-out exact match: {self.accuracy:.1%} of {len(right)} greedy answers ({self.files})")
+        print(f"[lit-rlhf]   by kind: {detail}")

@@ -108,3 +108,16 @@ def add_to_parameter(param: torch.Tensor, delta: torch.Tensor) -> None:
 
         delta = distribute_tensor(delta.to(param.dtype), param.device_mesh, param.placements)
     param.add_(delta.to(param.dtype))
+
+
+def reshard(model: nn.Module) -> None:
+    """Put every FSDP2 module of ``model`` back in its sharded state.
+
+    FSDP2 keeps the root's parameters unsharded after a forward; an in-place edit of a parameter then lands in
+    the temporary unsharded copy and is lost. Call this before editing sharded parameters.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()

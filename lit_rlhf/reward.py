@@ -36,7 +36,7 @@ from torchmetrics import MeanMetric
 
 from lit_rlhf.data.collate import Template, encode_completion, encode_prompt, fit_to_length, pad_right
 from lit_rlhf.data.records import Message, SFTExample, load_records, parse_sft_record
-from lit_rlhf.distributed import add_to_parameter, full_tensor
+from lit_rlhf.distributed import add_to_parameter, full_tensor, reshard
 from lit_rlhf.models import (
     LoraOptions,
     apply_lora,
@@ -182,6 +182,7 @@ def shift_and_scale_scores(model: nn.Module, mean: float, std: float = 1.0) -> s
     if not std > 0:
         raise ValueError(f"std must be positive, got {std}")
     check_shift_storable(model)
+    reshard(model)  # under FSDP2, edit the real (sharded) parameters, not a forward's unsharded copy
     head = score_head(model)
     with torch.no_grad():
         head.weight.div_(std)

@@ -103,4 +103,6 @@ def test_reward_model_two_processes_match_one_process(tmp_path, tokenizer_dir, s
         torch.testing.assert_close(w1[name], w2[name], atol=1e-4, rtol=0)
     norm1 = json.loads((tmp_path / "one" / "hf" / "config.json").read_text())["reward_normalization"]
     norm2 = json.loads((tmp_path / "two" / "hf" / "config.json").read_text())["reward_normalization"]
-    assert norm1["mean_before"] == pytest.approx(norm2["mean_before"], abs=1e-5)
+    # the reference mean is read through the whole network: weight differences of 1e-4 move it by ~2e-4
+    assert norm1["mean_before"] == pytest.approx(norm2["mean_before"], abs=1e-3)
+    assert norm1["stored_in"] == norm2["stored_in"] == "final_norm.bias"
