@@ -24,8 +24,10 @@ from lit_rlhf import data as _data  # noqa: F401
 from lit_rlhf import distributed as _distributed  # noqa: F401  (registers --trainer.strategy=fsdp2)
 from lit_rlhf.data.modules import PreferenceDataModule, SFTDataModule  # noqa: F401
 from lit_rlhf.data.prompts import PromptDataModule  # noqa: F401
+from lit_rlhf.distributed import strategy_problem
 from lit_rlhf.evaluation.command import evaluate_command
 from lit_rlhf.loggers import WandbLogger
+from lit_rlhf.pipeline import pipeline_command
 from lit_rlhf.ppo.module import PPOModule  # noqa: F401
 from lit_rlhf.reward import RewardModule  # noqa: F401
 from lit_rlhf.sft import SFTModule  # noqa: F401
@@ -35,6 +37,7 @@ class LitRLHFTrainer(L.Trainer):
     """Lightning's Trainer; lit_rlhf's extra subcommands live here so LightningCLI can dispatch them."""
 
     evaluate = evaluate_command
+    pipeline = pipeline_command
 
 
 def _tokenizer_of(model_name_or_path: str | None, tokenizer_name_or_path: str | None) -> str | None:
@@ -44,7 +47,10 @@ def _tokenizer_of(model_name_or_path: str | None, tokenizer_name_or_path: str | 
 class LitRLHFCLI(LightningCLI):
     """LightningCLI with lit_rlhf's defaults: W&B logging (offline without a key) and linked tokenizer options."""
 
-    MODEL_FREE_SUBCOMMANDS: dict[str, set[str]] = {"evaluate": {"model", "datamodule"}}
+    MODEL_FREE_SUBCOMMANDS: dict[str, set[str]] = {
+        "evaluate": {"model", "datamodule"},
+        "pipeline": {"model", "datamodule"},
+    }
     """Extra subcommands (methods of LitRLHFTrainer) with the arguments they skip; they take no --model/--data."""
 
     @staticmethod
@@ -76,6 +82,11 @@ class LitRLHFCLI(LightningCLI):
         trainer = config.get("trainer")
         if trainer is None:
             return
+        # Before Lightning builds the Trainer: on a CPU it would refuse `fsdp` or `deepspeed` with its own message.
+        strategy = trainer.get("strategy")
+        problem = strategy_problem(strategy) if isinstance(strategy, str) else None
+        if problem is not None:
+            raise ValueError(problem)
         root = trainer.get("default_root_dir") or os.getcwd()
         logger = trainer.get("logger")
         loggers = logger if isinstance(logger, list) else [logger]

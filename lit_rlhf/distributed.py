@@ -11,10 +11,26 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from lightning.pytorch.strategies import ModelParallelStrategy, StrategyRegistry
+from lightning.pytorch.strategies import (
+    DDPStrategy,
+    DeepSpeedStrategy,
+    FSDPStrategy,
+    ModelParallelStrategy,
+    SingleDeviceStrategy,
+    SingleDeviceXLAStrategy,
+    Strategy,
+    StrategyRegistry,
+    XLAStrategy,
+)
 from torch import nn
 
 FSDP2 = "fsdp2"
+SUPPORTED_STRATEGIES = (
+    "auto or single_device (one process), ddp (and its variants: ddp_spawn, ddp_find_unused_parameters_true, ...) "
+    "or fsdp2"
+)
+FSDP2_PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-true")
+"""What Lightning's ModelParallelStrategy accepts; fp16 mixed precision would need a sharded gradient scaler."""
 
 
 class FSDP2Strategy(ModelParallelStrategy):
@@ -46,6 +62,51 @@ if FSDP2 not in StrategyRegistry:
         FSDP2Strategy,
         description="FSDP2 (fully_shard per transformer block, then the root) over all processes; CPU or GPU",
     )
+
+
+def strategy_problem(strategy: str | Strategy | type[Strategy], precision: str | None = None) -> str | None:
+    """Why the stages cannot run under ``strategy``, naming the supported ones; None when they can.
+
+    Args:
+        strategy: A ``--trainer.strategy`` name, a Strategy or a Strategy class. Names Lightning does not know are
+            left to Lightning to report.
+        precision: The trainer's precision (e.g. ``bf16-mixed``), checked for FSDP2; None skips that check.
+    """
+    if isinstance(strategy, str):
+        if strategy not in StrategyRegistry:
+            return None
+        cls, flag = StrategyRegistry[strategy]["strategy"], f"--trainer.strategy={strategy}"
+    else:
+        cls = strategy if isinstance(strategy, type) else type(strategy)
+        flag = f"the strategy {cls.__name__}"
+    supported = f"Supported strategies: {SUPPORTED_STRATEGIES}."
+    if issubclass(cls, FSDPStrategy):
+        return (
+            f"{flag} is Lightning's FSDP1, which lit_rlhf does not support (it refuses a CPU, and the stages shard "
+            f"and export with FSDP2). Use --trainer.strategy=fsdp2 for sharded training. {supported}"
+        )
+    if issubclass(cls, DeepSpeedStrategy):  # before DDPStrategy: DeepSpeedStrategy subclasses it
+        return (
+            f"{flag}: DeepSpeed is not supported (not a dependency; ZeRO-sharded weights are not gathered for the "
+            f"export). Use --trainer.strategy=fsdp2 for sharded training. {supported}"
+        )
+    if issubclass(cls, ModelParallelStrategy):
+        if getattr(strategy, "_tensor_parallel_size", 1) not in (1, "auto") and not isinstance(strategy, type):
+            return (
+                f"{flag} with tensor_parallel_size={strategy._tensor_parallel_size}: tensor parallelism is not "
+                f"supported; the stages shard with FSDP2 over all processes. Use --trainer.strategy=fsdp2. {supported}"
+            )
+        if precision is not None and precision not in FSDP2_PRECISIONS:
+            return (
+                f"{flag} does not support --trainer.precision={precision} (fp16 mixed precision needs a sharded "
+                f"gradient scaler); use one of {', '.join(FSDP2_PRECISIONS)}."
+            )
+        return None
+    if issubclass(cls, (SingleDeviceStrategy, DDPStrategy)) and not issubclass(
+        cls, (XLAStrategy, SingleDeviceXLAStrategy)
+    ):
+        return None  # XLA's strategies subclass these, but nothing here runs on TPUs
+    return f"{flag} is not supported by lit_rlhf's stages. {supported}"
 
 
 def is_fsdp2(strategy: Any) -> bool:
@@ -80,6 +141,13 @@ def shard_model(model: nn.Module, mesh: Any, mixed_precision: torch.dtype | None
     return model
 
 
+def mixed_precision_dtype(precision: str) -> torch.dtype | None:
+    """The FSDP2 compute dtype for a trainer precision: parameters are gathered in it, the fp32 shards stay the
+    master weights and gradients are reduced in fp32. ``bf16-mixed`` gives bfloat16 (Lightning's autocast runs as
+    well); ``32-true`` gives None (plain fp32)."""
+    return {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16, "16-true": torch.float16}.get(precision)
+
+
 def is_sharded(model: nn.Module) -> bool:
     return any(type(p).__name__ == "DTensor" for p in model.parameters())
 
@@ -93,7 +161,34 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
         return None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    state_dict = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # Tied weights (GPT-2's lm_head is its wte) come back as separate copies; make them one tensor again, so that
+    # save_pretrained writes them once, as it does for an unsharded model.
+    first_name: dict[int, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        tied_to = first_name.setdefault(id(param), name)
+        if tied_to != name and name in state_dict and tied_to in state_dict:
+            state_dict[name] = state_dict[tied_to]
+    return state_dict
+
+
+def unsharded_peft_copy(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """A plain, unsharded copy of a sharded LoRA (peft) model, holding ``state_dict`` (its :func:`full_state_dict`).
+
+    Exporting merges the adapters into a copy of the model, but an FSDP2 module cannot be deep-copied: this builds
+    the same architecture afresh from the base model's config and peft config, then loads the gathered weights
+    (strictly, so a missing or extra key fails loudly). Costs one more full copy of the model in CPU memory.
+    """
+    from peft import get_peft_model
+    from torch.distributed.fsdp import FSDPModule
+
+    base = model.get_base_model()
+    base_cls = next(c for c in type(base).__mro__ if not issubclass(c, FSDPModule))  # fully_shard subclasses it
+    dtype = next(t.dtype for t in state_dict.values() if t.is_floating_point())
+    fresh = base_cls(base.config).to(dtype)
+    copy = get_peft_model(fresh, model.peft_config[model.active_adapter])
+    copy.load_state_dict(state_dict, strict=True)
+    return copy
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:

@@ -200,7 +200,7 @@ def load_model(
     trust_remote_code: bool = False,
     dropout: float | None = None,
     gradient_checkpointing: bool = False,
-    lora: LoraOptions | None = None,
+    lora: LoraOptions | dict[str, Any] | None = None,
 ) -> PreTrainedModel:
     """Load (or build from scratch) a model with a causal-LM head or a scalar score head.
 
@@ -275,9 +275,17 @@ def _has_safetensors(name_or_path: str) -> bool | None:
     )
 
 
-def apply_lora(model: PreTrainedModel, options: LoraOptions, task_type: str) -> nn.Module:
+def as_lora_options(options: LoraOptions | dict[str, Any] | None) -> LoraOptions | None:
+    """``options`` as a :class:`LoraOptions`: LightningCLI hands ``--model.lora='{r: 4}'`` to the module as a dict."""
+    if options is None or isinstance(options, LoraOptions):
+        return options
+    return LoraOptions(**options)
+
+
+def apply_lora(model: PreTrainedModel, options: LoraOptions | dict[str, Any], task_type: str) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
+    options = as_lora_options(options)
     config = LoraConfig(
         r=options.r,
         lora_alpha=options.alpha,
@@ -376,12 +384,14 @@ def _version() -> str:
     return __version__
 
 
-def lora_to_dict(options: LoraOptions | None) -> dict[str, Any] | None:
+def lora_to_dict(options: LoraOptions | dict[str, Any] | None) -> dict[str, Any] | None:
+    options = as_lora_options(options)
     return None if options is None else asdict(options)
 
 
 __all__ = [
     "LoraOptions",
+    "as_lora_options",
     "atomic_directory",
     "count_parameters",
     "ensure_pad_token",

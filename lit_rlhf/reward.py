@@ -321,7 +321,8 @@ class RewardModule(StageModule):
         dropout: Residual/attention/embedding dropout while training; None keeps the model's own.
         dtype: Weights dtype: ``float32`` (default), ``bfloat16``, ``float16`` or ``auto``.
         gradient_checkpointing: Recompute activations in backward to save memory.
-        lora: Train LoRA adapters (and the head) instead of all weights; the export has them merged.
+        lora: Train LoRA adapters (and the head) instead of all weights; the export has them merged. On the command
+            line: ``--model.lora='{r: 16, alpha: 32}'`` or ``--model.lora.r=16`` (fields of ``LoraOptions``).
         trust_remote_code: Allow code from the model repository to run.
         normalize: At the end of fit, shift the scores so the reference completions score mean 0
             (InstructGPT §3.5), before the export.
@@ -407,7 +408,7 @@ class RewardModule(StageModule):
         better, worse, _ = ranking_pairs(batch["group_ids"], batch["ranks"])
         self.train_pair_accuracy((scores[better] > scores[worse]).float())
         n_prompts = int(batch["group_ids"].max()) + 1
-        self.log("train/loss", loss, prog_bar=True, batch_size=n_prompts)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n_prompts, sync_dist=True)  # all ranks, not rank 0
         self.log("train/pair_accuracy", self.train_pair_accuracy, batch_size=n_prompts)
         return loss
 

@@ -11,6 +11,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
 from lit_rlhf.data.collate import IGNORE_INDEX
+from lit_rlhf.distributed import is_fsdp2
 from lit_rlhf.generation import generate_responses
 from lit_rlhf.models import LoraOptions, count_parameters, load_model, load_tokenizer, lora_to_dict
 from lit_rlhf.optim import adamw_with_schedule
@@ -37,7 +38,8 @@ class SFTModule(StageModule):
         dtype: Weights dtype: ``float32`` (default; use ``--trainer.precision=bf16-mixed`` for mixed precision),
             ``bfloat16``, ``float16`` or ``auto``.
         gradient_checkpointing: Recompute activations in backward to save memory.
-        lora: Train LoRA adapters instead of all weights; the export has them merged.
+        lora: Train LoRA adapters instead of all weights; the export has them merged. On the command line:
+            ``--model.lora='{r: 16, alpha: 32}'`` or ``--model.lora.r=16`` (fields of ``LoraOptions``).
         trust_remote_code: Allow code from the model repository to run.
         num_sample_prompts: Validation prompts answered greedily and logged (a W&B table) at each validation.
         sample_max_new_tokens: Longest logged sample answer.
@@ -101,8 +103,29 @@ class SFTModule(StageModule):
 
     # -- steps ---------------------------------------------------------------------------------------------------
 
+    def trained_token_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The summed cross-entropy over completion tokens, and their number.
+
+        With a completion-only loss the vocabulary-sized logits of prompt and padding positions are never used. When
+        the model's logits are just its LM head over the last hidden states (:func:`plain_lm_head`), the head runs
+        only at the positions whose next token is trained; other models (and FSDP2, whose root hooks gather the
+        head's weights) take the full ``forward``.
+        """
+        parts = None if self._trainer is not None and is_fsdp2(self.trainer.strategy) else plain_lm_head(self.model)
+        if parts is None:
+            return completion_loss(self(batch), batch["labels"], reduction="sum")
+        backbone, head = parts
+        kwargs = {"position_ids": batch["position_ids"]} if "position_ids" in batch else {}
+        hidden = backbone(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False, **kwargs
+        ).last_hidden_state
+        labels = batch["labels"][:, 1:]
+        trained = labels != IGNORE_INDEX
+        logits = head(hidden[:, :-1][trained])  # (trained tokens, vocab)
+        return F.cross_entropy(logits.float(), labels[trained], reduction="sum"), trained.sum()
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss_sum, n_tokens = completion_loss(self(batch), batch["labels"], reduction="sum")
+        loss_sum, n_tokens = self.trained_token_loss(batch)
         # Normalise by the tokens of the *global* batch: DDP averages gradients over ranks, so each rank scales
         # by world_size / global tokens and N processes take exactly the step of one process on the same batch.
         n_global = self.trainer.strategy.reduce(n_tokens.float(), reduce_op="sum").clamp(min=1)
@@ -183,6 +206,28 @@ def completion_loss(
     if reduction == "sum":
         return loss, n_tokens
     return loss / n_tokens.clamp(min=1), n_tokens
+
+
+PLAIN_HEAD_MODELS = (
+    "GPT2LMHeadModel",
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+)
+"""Causal LMs whose logits are exactly ``lm_head(last_hidden_state)`` (no soft-capping or logit scale)."""
+
+
+def plain_lm_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """(backbone, LM head) of a model in :data:`PLAIN_HEAD_MODELS` (LoRA-wrapped or not), else None."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft: LoRA layers sit inside
+    if type(base).__name__ not in PLAIN_HEAD_MODELS:
+        return None
+    backbone = getattr(base, base.base_model_prefix, None)
+    head = base.get_output_embeddings()
+    if backbone is None or head is None or getattr(base.config, "final_logit_softcapping", None):
+        return None
+    return backbone, head
 
 
 def log_table(module: StageModule, key: str, columns: list[str], rows: list[list[Any]]) -> None:

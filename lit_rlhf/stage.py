@@ -9,7 +9,14 @@ from typing import Any
 import lightning as L
 import torch
 
-from lit_rlhf.distributed import full_state_dict, is_fsdp2, shard_model
+from lit_rlhf.distributed import (
+    full_state_dict,
+    is_fsdp2,
+    mixed_precision_dtype,
+    shard_model,
+    strategy_problem,
+    unsharded_peft_copy,
+)
 from lit_rlhf.models import export_pretrained
 
 log = logging.getLogger(__name__)
@@ -33,6 +40,19 @@ class StageModule(L.LightningModule):
 
     def export_metadata(self) -> dict[str, Any]:
         return {"stage": self.stage, "hparams": dict(self.hparams), "global_step": self.global_step}
+
+    def setup(self, stage: str) -> None:
+        self.check_strategy()
+
+    def check_strategy(self) -> None:
+        """Refuse a strategy the stages cannot run under, naming the supported ones.
+
+        Runs in ``setup``, before the model is built, wrapped or sharded: every rank raises the same error before any
+        collective of ours, so a bad strategy stops the run instead of hanging it.
+        """
+        problem = strategy_problem(self.trainer.strategy, self.trainer.precision)
+        if problem is not None:
+            raise ValueError(problem)
 
     def on_fit_start(self) -> None:
         self.report_batch_sizes()
@@ -62,7 +82,10 @@ class StageModule(L.LightningModule):
         path = self.resolved_export_dir()
         state_dict = full_state_dict(self.model)  # gathered from every rank when FSDP2 shards the model
         if self.trainer.is_global_zero:
-            export_pretrained(self.model, self.tokenizer, path, self.export_metadata(), state_dict=state_dict)
+            model = self.model
+            if state_dict is not None and hasattr(model, "peft_config"):  # LoRA under FSDP2: merge in a plain copy
+                model, state_dict = unsharded_peft_copy(model, state_dict), None
+            export_pretrained(model, self.tokenizer, path, self.export_metadata(), state_dict=state_dict)
             print(f"[lit-rlhf] {self.stage}: Hugging Face model written to {path}")
         self.trainer.strategy.barrier("export")
         return path
@@ -70,8 +93,7 @@ class StageModule(L.LightningModule):
     def shard(self, model: torch.nn.Module) -> torch.nn.Module:
         """Shard ``model`` with FSDP2 when the strategy is ``fsdp2`` (call at the end of ``configure_model``)."""
         if self._trainer is not None and is_fsdp2(self.trainer.strategy):
-            precision = self.trainer.precision
-            dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
+            dtype = mixed_precision_dtype(self.trainer.precision)
             shard_model(model, self.device_mesh["data_parallel"], mixed_precision=dtype)
         return model
 

@@ -98,3 +98,43 @@ def test_prompt_records():
     assert parse_prompt_record(sft_record, src).prompt == [{"role": "user", "content": "q"}]
     with pytest.raises(DataError, match="p.jsonl:1"):
         parse_prompt_record({"text": "x"}, src)
+
+
+def _padded_rollout() -> Rollout:
+    """Four episodes: prompt width 4 (left-padded), response width 3 (right-padded after EOS)."""
+    prompt_mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [0, 0, 0, 1], [0, 1, 1, 1]], dtype=torch.bool)
+    response_mask = torch.tensor([[1, 1, 0], [1, 1, 0], [1, 1, 0], [1, 1, 0]], dtype=torch.bool)
+    n, width = 4, 7
+    per_token = {k: torch.arange(12.0).reshape(4, 3) + i for i, k in enumerate(
+        ["logprobs", "ref_logprobs", "values", "rewards", "advantages", "returns"])}  # fmt: skip
+    return Rollout(query_responses=torch.arange(n * width).reshape(n, width), attention_mask=torch.cat(
+        [prompt_mask, response_mask], 1), response_mask=response_mask, scores=torch.arange(4.0),
+        has_eos=torch.ones(4, dtype=torch.bool), **per_token)  # fmt: skip
+
+
+def test_without_padding_columns_drops_only_columns_padded_in_every_row():
+    rollout = _padded_rollout()
+    # episodes 2 and 3: prompts of 1 and 3 tokens -> 1 left column is padding in both; responses end by column 2
+    trimmed = rollout.select(torch.tensor([2, 3])).without_padding_columns()
+    assert trimmed.query_responses.tolist() == [[15, 16, 17, 18, 19], [22, 23, 24, 25, 26]]
+    assert trimmed.response_mask.tolist() == [[True, True], [True, True]]
+    assert trimmed.advantages.tolist() == [[10.0, 11.0], [13.0, 14.0]]  # per-token tensors lose the same columns
+    assert trimmed.scores.tolist() == [2.0, 3.0]
+    # episode 1 has a full prompt and no left padding: nothing to drop on the left
+    assert rollout.select(torch.tensor([1])).without_padding_columns().query_responses.tolist() == [
+        [7, 8, 9, 10, 11, 12]
+    ]
+
+
+def test_trim_padding_groups_episodes_by_length_into_narrower_micro_batches():
+    rollout = _padded_rollout()
+    widths = {}
+    for trim in (False, True):
+        buffer = RolloutBuffer(rollout, 4, 2, torch.Generator().manual_seed(0), trim_padding=trim)
+        (minibatch,) = buffer.minibatches()
+        seen = torch.cat([m.scores for m in minibatch])
+        assert sorted(seen.tolist()) == [0.0, 1.0, 2.0, 3.0]  # every episode once
+        widths[trim] = [m.query_responses.shape[1] for m in minibatch]
+    assert widths[False] == [7, 7]
+    # ordered by length: episodes {1, 3} (6 and 5 real tokens) then {0, 2} (4 and 3): 4 + 2 and 2 + 2 columns
+    assert widths[True] == [6, 4]

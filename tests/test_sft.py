@@ -166,3 +166,31 @@ def test_padding_waste_is_small_with_length_grouping(tmp_path, tokenizer_dir):
         return dm.padding_fraction()
 
     assert waste(True) < 0.1 < waste(False)
+
+
+def test_trained_token_loss_equals_the_full_logits_loss(tokenizer_dir):
+    # the head only at trained positions (GPT-2: a plain LM head) gives the loss and gradients of the full forward
+    from lit_rlhf.sft import plain_lm_head
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    torch.manual_seed(0)
+    module = SFTModule("scratch:gpt2", str(tokenizer_dir), model_config=TINY_GPT2, num_sample_prompts=0)
+    module.model = load_model("scratch:gpt2", tok, model_config=TINY_GPT2, dropout=0.0)
+    assert plain_lm_head(module.model) is not None
+    ids = torch.randint(0, len(tok) - 2, (3, 10))
+    labels = ids.clone()
+    labels[0, :4] = labels[1, :7] = -100  # prompts of 4 and 7 tokens
+    labels[2, 6:] = -100  # padding after 6 tokens
+    batch = {"input_ids": ids, "attention_mask": (labels != -100) | (torch.arange(10) < 6), "labels": labels}
+    batch["attention_mask"][:2] = True
+    fast, n_fast = module.trained_token_loss(batch)
+    fast.backward()
+    fast_grads = [p.grad.clone() for p in module.model.parameters()]
+    module.model.zero_grad()
+    full, n_full = completion_loss(module(batch), labels, reduction="sum")
+    full.backward()
+    # after the shift, labels 1..9 count: row 0 from 4 on (6), row 1 from 7 on (3), row 2 up to 5 (5)
+    assert n_fast == n_full == 6 + 3 + 5
+    assert torch.allclose(fast, full, atol=1e-5)
+    for g, p in zip(fast_grads, module.model.parameters(), strict=True):
+        assert torch.allclose(g, p.grad, atol=1e-6)

@@ -84,6 +84,11 @@ def encode_completion(
     return ids
 
 
+def encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Token ids of plain text (a pretraining document, learned on every token), ending with EOS."""
+    return [*tokenizer(text, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+
+
 def fit_to_length(
     prompt_ids: list[int], completion_ids: list[int], max_length: int, policy: Truncation, source: Source
 ) -> tuple[list[int], list[int]] | None:
@@ -91,7 +96,8 @@ def fit_to_length(
 
     Args:
         policy: ``left_truncate`` drops the oldest prompt tokens (the answer is never cut; if it alone does not
-            fit, the example is skipped); ``skip`` drops the example; ``error`` raises naming the record.
+            fit, the example is skipped; plain text, which has no prompt, keeps its first ``max_length`` tokens);
+            ``skip`` drops the example; ``error`` raises naming the record.
 
     Returns:
         The (possibly shortened) pair, or None for an example to skip.
@@ -104,6 +110,8 @@ def fit_to_length(
             f"{source}: prompt + completion is {total} tokens, over max_length={max_length}; raise "
             "--data.max_length or set --data.truncation=left_truncate|skip"
         )
+    if policy == "left_truncate" and not prompt_ids:  # plain text: keep its beginning
+        return prompt_ids, completion_ids[:max_length]
     if policy == "skip" or len(completion_ids) >= max_length:
         return None
     keep = max_length - len(completion_ids)

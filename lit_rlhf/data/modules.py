@@ -24,6 +24,7 @@ from lit_rlhf.data.collate import (
     Truncation,
     encode_completion,
     encode_prompt,
+    encode_text,
     fit_to_length,
     pack_examples,
     pad_right,
@@ -241,7 +242,8 @@ class SFTDataModule(RecordDataModule):
 
     Args:
         train_files: Training records: a path, glob or list (JSONL, JSON, Parquet, CSV or a saved dataset).
-            Formats: ``{"prompt", "completion"}``, ``{"messages": [...]}``, ``{"instruction", "input", "output"}``.
+            Formats: ``{"prompt", "completion"}``, ``{"messages": [...]}``, ``{"instruction", "input", "output"}``;
+            with ``plain_text``, also ``{"text"}``.
         val_files: Validation records; when None, ``val_split`` of the training records is held out.
         tokenizer_name_or_path: Tokenizer to encode with; linked from the model's options by the CLI.
         world_dir: Build the instruction world (the embedded default) here first and read its demonstrations
@@ -259,6 +261,8 @@ class SFTDataModule(RecordDataModule):
         batch_size: Examples (or packed rows) per micro-batch on one process.
         num_workers: DataLoader worker processes.
         seed: Seed for the validation split, shuffling and the world.
+        plain_text: Also accept plain text ``{"text"}`` records, learned on every token with no prompt or template
+            (pretraining a base LM; pair with ``packing``). A text longer than ``max_length`` keeps its beginning.
     """
 
     def __init__(
@@ -277,6 +281,7 @@ class SFTDataModule(RecordDataModule):
         batch_size: int = 8,
         num_workers: int = 0,
         seed: int = 42,
+        plain_text: bool = False,
     ) -> None:
         super().__init__(
             train_files=train_files,
@@ -294,6 +299,7 @@ class SFTDataModule(RecordDataModule):
         self.save_hyperparameters()
         self.truncation = truncation
         self.packing = packing
+        self.plain_text = plain_text
         self.group_by_length = group_by_length
         self.counts: dict[str, TokenCounts] = {}
 
@@ -301,7 +307,7 @@ class SFTDataModule(RecordDataModule):
         if self.train_dataset is not None:
             return
         tokenizer = self.load_tokenizer()
-        train, val = self.load_split(parse_sft_record)
+        train, val = self.load_split(functools.partial(parse_sft_record, allow_text=self.plain_text))
         train_rows, self.counts["train"] = self.encode(train)
         val_rows, self.counts["val"] = self.encode(val)
         for split, counts in self.counts.items():
@@ -326,14 +332,17 @@ class SFTDataModule(RecordDataModule):
         counts = TokenCounts()
         rows = []
         for ex in examples:
-            prompt_ids = encode_prompt(tokenizer, ex.prompt, self.template)
-            completion_ids = encode_completion(tokenizer, ex.prompt, ex.completion, self.template)
+            if ex.prompt:
+                prompt_ids = encode_prompt(tokenizer, ex.prompt, self.template)
+                completion_ids = encode_completion(tokenizer, ex.prompt, ex.completion, self.template)
+            else:  # plain text: no prompt, no template
+                prompt_ids, completion_ids = [], encode_text(tokenizer, ex.completion)
             fitted = fit_to_length(prompt_ids, completion_ids, self.max_length, self.truncation, ex.source)
             if fitted is None:
                 counts.skipped += 1
                 counts.skipped_sources.append(str(ex.source))
                 continue
-            counts.truncated += len(fitted[0]) < len(prompt_ids)
+            counts.truncated += len(fitted[0]) + len(fitted[1]) < len(prompt_ids) + len(completion_ids)
             counts.examples += 1
             rows.append({"prompt_ids": fitted[0], "completion_ids": fitted[1]})
         return rows, counts

@@ -7,7 +7,8 @@ written by ``datasets.Dataset.save_to_disk``. ``files`` may be a path, a glob or
 Record formats (see DESIGN.md):
 
 * SFT: ``{"prompt", "completion"}``; ``{"messages": [{"role", "content"}, ...]}`` whose last message is the
-  assistant's answer; Alpaca ``{"instruction", "input", "output"}``.
+  assistant's answer; Alpaca ``{"instruction", "input", "output"}``; where asked for (``allow_text``), plain text
+  ``{"text"}`` (pretraining: an empty prompt, so the loss is on every token).
 * RM: pairs ``{"prompt", "chosen", "rejected"}``; hh-rlhf ``{"chosen", "rejected"}`` dialogues; K-wise
   ``{"prompt", "completions", "ranking"}`` (see :func:`parse_ranking_record`).
 """
@@ -53,8 +54,9 @@ class SFTExample:
     """One demonstration: the conversation so far (ending with the user's turn) and the answer to learn.
 
     Attributes:
-        prompt: The messages before the answer; the last one has role ``user``.
-        completion: The assistant's answer (non-empty).
+        prompt: The messages before the answer; the last one has role ``user``. Empty for a plain-text record
+            ``{"text"}``, whose text is all completion (language modelling on every token, as in pretraining).
+        completion: The assistant's answer, or the plain text (non-empty).
         source: Where the record came from.
     """
 
@@ -199,8 +201,13 @@ def parse_messages(value: Any, source: Source, key: str = "messages") -> list[Me
     return messages
 
 
-def parse_sft_record(record: Any, source: Source) -> SFTExample:
-    """Turn one raw SFT record (any of the formats in the module docstring) into an :class:`SFTExample`."""
+def parse_sft_record(record: Any, source: Source, allow_text: bool = False) -> SFTExample:
+    """Turn one raw SFT record (any of the formats in the module docstring) into an :class:`SFTExample`.
+
+    Args:
+        allow_text: Accept plain text ``{"text"}`` as an example with an empty prompt (pretraining). Off by
+            default: a text record in demonstrations is more likely a wrong file than a wish to learn every token.
+    """
     if not isinstance(record, dict):
         raise DataError(f"{source}: a record must be a JSON object, got {type(record).__name__}")
     if "messages" in record:
@@ -221,9 +228,12 @@ def parse_sft_record(record: Any, source: Source) -> SFTExample:
         prompt = require_str(record, "prompt", source)
         completion = require_str(record, "completion", source)
         return SFTExample([{"role": "user", "content": prompt}], completion, source)
+    if "text" in record and allow_text:
+        return SFTExample([], require_str(record, "text", source), source)
+    hint = "; plain 'text' needs --data.plain_text=true" if "text" in record else ""
     raise DataError(
         f"{source}: unknown SFT record with keys {sorted(record)}; expected 'prompt'+'completion', 'messages', "
-        "or 'instruction'+'input'+'output'"
+        f"or 'instruction'+'input'+'output'{hint}"
     )
 
 

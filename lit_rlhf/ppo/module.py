@@ -98,6 +98,9 @@ class PPOModule(StageModule):
         micro_batch_size: Episodes per forward/backward (gradient accumulation); must divide ``minibatch_size``.
         forward_batch_size: Episodes per no-grad scoring forward; default ``micro_batch_size``.
         ppo_epochs: Passes over each rollout (InstructGPT: 1 per batch of episodes; TRL/cleanrl: 4).
+        trim_padding: In the PPO update, order each minibatch's episodes by length into micro-batches and drop the
+            columns that are padding in every row of a micro-batch (less compute; the same gradient up to float
+            round-off). False keeps the rollout's full width, so the first minibatch's ratio is exactly 1.
         max_new_tokens: Longest response.
         temperature: Sampling temperature; log-probs use the logits divided by it.
         top_k: Sample from the ``top_k`` most likely tokens only; 0 disables.
@@ -149,6 +152,7 @@ class PPOModule(StageModule):
         micro_batch_size: int = 8,
         forward_batch_size: int | None = None,
         ppo_epochs: int = 4,
+        trim_padding: bool = True,
         max_new_tokens: int = 32,
         temperature: float = 1.0,
         top_k: int = 0,
@@ -467,7 +471,7 @@ class PPOModule(StageModule):
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         rank, world = self.trainer.global_rank, self.trainer.world_size
         generator = torch.Generator().manual_seed(sample_seed(hp.rollout_seed, self.iteration, -1 - rank))
-        buffer = RolloutBuffer(rollout, hp.minibatch_size, hp.micro_batch_size, generator)
+        buffer = RolloutBuffer(rollout, hp.minibatch_size, hp.micro_batch_size, generator, hp.trim_padding)
         start = self._now()
         self.minibatch_stats = []
         for epoch in range(hp.ppo_epochs):

@@ -288,6 +288,31 @@ class Rollout:
         """The episodes at ``index`` (rows), as a new Rollout."""
         return Rollout(**{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)})
 
+    def without_padding_columns(self) -> Rollout:
+        """The same episodes without the columns that are padding in every row.
+
+        Drops the left padding shared by all prompts (their longest prompt decides) and the response positions
+        after every row's EOS. Nothing that counts changes: position ids count real tokens only, attention never
+        reads padding, and masked response positions never enter a loss. A micro-batch of short episodes then
+        costs what its tokens cost, not what the longest episode of the rollout costs.
+        """
+        prompt_len = self.query_responses.shape[1] - self.response_len
+        real = self.attention_mask[:, :prompt_len].any(dim=0)
+        start = int(real.int().argmax()) if bool(real.any()) else prompt_len
+        counted = self.response_mask.any(dim=0)
+        end = self.response_len - int(counted.flip(0).int().argmax()) if bool(counted.any()) else 1
+        if start == 0 and end == self.response_len:
+            return self
+        fields = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("query_responses", "attention_mask"):
+                value = value[:, start : prompt_len + end]
+            elif value.dim() == 2:  # (batch, response_len) tensors
+                value = value[:, :end]
+            fields[f.name] = value
+        return Rollout(**fields)
+
 
 class RolloutBuffer:
     """Serve a rollout as shuffled minibatches of micro-batches, a fresh order every PPO epoch.
@@ -299,9 +324,17 @@ class RolloutBuffer:
         minibatch_size: Episodes per optimizer step (per process); must divide ``len(rollout)``.
         micro_batch_size: Episodes per forward/backward; must divide ``minibatch_size``.
         generator: Source of the shuffles (seeded by the caller, so a resumed run shuffles identically).
+        trim_padding: Order each minibatch's episodes by length and drop each micro-batch's all-padding columns.
     """
 
-    def __init__(self, rollout: Rollout, minibatch_size: int, micro_batch_size: int, generator: torch.Generator):
+    def __init__(
+        self,
+        rollout: Rollout,
+        minibatch_size: int,
+        micro_batch_size: int,
+        generator: torch.Generator,
+        trim_padding: bool = False,
+    ):
         n = len(rollout)
         if n % minibatch_size or minibatch_size % micro_batch_size:
             raise ValueError(
@@ -312,17 +345,32 @@ class RolloutBuffer:
         self.minibatch_size = minibatch_size
         self.micro_batch_size = micro_batch_size
         self.generator = generator
+        self.trim_padding = trim_padding
 
     def __len__(self) -> int:
         """Minibatches per epoch."""
         return len(self.rollout) // self.minibatch_size
 
     def minibatches(self) -> Iterator[list[Rollout]]:
-        """One PPO epoch: every episode once, in a new random order, as lists of micro-batches."""
+        """One PPO epoch: every episode once, in a new random order, as lists of micro-batches.
+
+        With ``trim_padding``, the episodes of a minibatch are ordered by length before they are cut into
+        micro-batches, and each micro-batch drops its all-padding columns (:meth:`Rollout.without_padding_columns`).
+        The gradient of a minibatch is the sum over its micro-batches, so which episodes share a micro-batch does not
+        change it; only the padding computed goes down (results agree to float round-off, not bit for bit, since the
+        matrix shapes change).
+        """
         order = torch.randperm(len(self.rollout), generator=self.generator).to(self.rollout.scores.device)
+        lengths = self.rollout.attention_mask.sum(dim=1)
         for start in range(0, len(order), self.minibatch_size):
             minibatch = order[start : start + self.minibatch_size]
+            if not self.trim_padding:
+                yield [self.rollout.select(minibatch[i : i + self.micro_batch_size])
+                       for i in range(0, self.minibatch_size, self.micro_batch_size)]  # fmt: skip
+                continue
+            if self.micro_batch_size < self.minibatch_size:
+                minibatch = minibatch[torch.sort(lengths[minibatch], descending=True, stable=True).indices]
             yield [
-                self.rollout.select(minibatch[i : i + self.micro_batch_size])
+                self.rollout.select(minibatch[i : i + self.micro_batch_size]).without_padding_columns()
                 for i in range(0, self.minibatch_size, self.micro_batch_size)
             ]

@@ -1,0 +1,197 @@
+"""`lit-rlhf pipeline`: plain-text records for pretraining, config merging, the prompted base, and a smoke run that
+completes, writes results.json and resumes after an interrupted stage."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lit_rlhf.cli import main
+from lit_rlhf.data.collate import IGNORE_INDEX, render_plain
+from lit_rlhf.data.modules import SFTDataModule
+from lit_rlhf.data.records import DataError
+from lit_rlhf.models import MARKER_FILE, read_export_metadata
+from lit_rlhf.pipeline import INPUTS, STAGES, Pipeline, deep_merge, few_shot_chat_template, replace_path_prefix
+from tests.conftest import REPO, write_jsonl
+
+RESULT_KEYS = {"n", "win_rate", "win_rate_ci95", "rm_win_rate", "invented_answer_rate", "toxic_rate", "lm_loss",
+               "kl_to_sft"}  # fmt: skip
+POLICIES = {"base", "base_prompted", "sft", "ppo", "ppo_ptx"}
+
+
+def _run(args: list[str]) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            main(args)
+        except SystemExit as e:
+            assert e.code in (0, None), out.getvalue()
+    return out.getvalue()
+
+
+# --------------------------------------------------------------------------- plain text: LM loss on every token
+
+
+def test_text_records_train_on_every_token(tmp_path, tokenizer_dir):
+    texts = [{"text": "cat dog sun"}, {"text": "tree bird fish moon star"}]
+    files = write_jsonl(tmp_path / "corpus.jsonl", texts)
+    dm = SFTDataModule(train_files=str(files), val_files=str(files), tokenizer_name_or_path=str(tokenizer_dir),
+                       max_length=64, group_by_length=False, batch_size=2, plain_text=True)  # fmt: skip
+    dm.setup()
+    batch = next(iter(dm.val_dataloader()))
+    tok = dm.tokenizer
+    for i, record in enumerate(texts):
+        ids = tok(record["text"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        n = len(ids)
+        assert batch["prompt_lengths"][i] == 0  # no prompt, no template
+        assert batch["input_ids"][i, :n].tolist() == ids
+        assert batch["labels"][i, :n].tolist() == ids  # every token counts, EOS included
+        assert (batch["labels"][i, n:] == IGNORE_INDEX).all()  # padding never does
+
+
+def test_text_records_need_plain_text(tmp_path, tokenizer_dir):
+    files = write_jsonl(tmp_path / "corpus.jsonl", [{"text": "cat dog sun"}, {"text": "tree bird"}])
+    dm = SFTDataModule(train_files=str(files), val_files=str(files), tokenizer_name_or_path=str(tokenizer_dir))
+    with pytest.raises(DataError, match=r"corpus.jsonl:1: .*plain 'text' needs --data.plain_text=true"):
+        dm.setup()
+
+
+def test_long_text_keeps_its_beginning(tmp_path, tokenizer_dir):
+    files = write_jsonl(tmp_path / "corpus.jsonl", [{"text": " ".join(["cat dog sun tree"] * 20)}, {"text": "cat"}])
+    dm = SFTDataModule(train_files=str(files), val_files=str(files), tokenizer_name_or_path=str(tokenizer_dir),
+                       max_length=8, group_by_length=False, batch_size=2, plain_text=True)  # fmt: skip
+    dm.setup()
+    full = dm.tokenizer(" ".join(["cat dog sun tree"] * 20), add_special_tokens=False)["input_ids"]
+    first = dm.val_dataset[0]
+    assert first["prompt_ids"] == [] and first["completion_ids"] == full[:8]
+    assert dm.counts["val"].truncated == 1 and dm.counts["val"].skipped == 0
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def test_deep_merge_replaces_lists_and_keeps_siblings():
+    base = {"trainer": {"max_steps": 10, "callbacks": [1, 2]}, "model": {"init_args": {"a": 1, "b": 2}}}
+    merged = deep_merge(base, {"trainer": {"callbacks": []}, "model": {"init_args": {"b": 3}}})
+    assert merged == {"trainer": {"max_steps": 10, "callbacks": []}, "model": {"init_args": {"a": 1, "b": 3}}}
+    assert base["trainer"]["callbacks"] == [1, 2]  # not mutated
+
+
+def test_replace_path_prefix_only_whole_components():
+    node = {"files": "runs/world/eval/heldout.jsonl", "other": ["runs/world", "runs/world2/x", "x/runs/world/y"]}
+    out = replace_path_prefix(node, "runs/world", "/r/demo/world")
+    assert out == {"files": "/r/demo/world/eval/heldout.jsonl", "other": ["/r/demo/world", "runs/world2/x",
+                                                                          "x/runs/world/y"]}  # fmt: skip
+
+
+def test_few_shot_template_puts_demonstrations_before_the_plain_prompt(tokenizer_dir):
+    from lit_rlhf.data.collate import render_prompt
+    from lit_rlhf.models import load_tokenizer
+
+    tok = load_tokenizer(str(tokenizer_dir))
+    shots = [{"prompt": 'Say "hi"', "completion": "hi"}, {"prompt": "Add 1 and 2.", "completion": "3"}]
+    tok.chat_template = few_shot_chat_template(shots)
+    messages = [{"role": "user", "content": "Reverse: catdog"}]
+    expected = '\n\nHuman: Say "hi"\n\nAssistant: hi\n\nHuman: Add 1 and 2.\n\nAssistant: 3' + render_plain(messages)
+    assert render_prompt(tok, messages) == expected
+
+
+def test_stage_inputs_come_earlier():
+    for stage, inputs in INPUTS.items():
+        assert all(STAGES.index(i) < STAGES.index(stage) for i in inputs), stage
+
+
+def test_pipeline_help_lists_its_options():
+    out = _run(["pipeline", "--help"])
+    for option in ("--name", "--runs_dir", "--world", "--pretrain", "--comparisons", "--ppo_ptx", "--until"):
+        assert option in out
+
+
+def test_missing_stage_config_is_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(ValueError, match=r"--sft.config nowhere.yaml: no such file"):
+        main(["pipeline", "-c", "configs/pipeline/smoke.yaml", "--runs_dir", str(tmp_path),
+              "--sft", '{"config": "nowhere.yaml"}'])  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the smoke pipeline, end to end
+
+
+def _statuses(root: Path) -> dict[str, str]:
+    return {k: v["status"] for k, v in json.loads((root / "pipeline.json").read_text())["stages"].items()}
+
+
+def test_smoke_pipeline_completes_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # stage configs are named relative to the repository, as in the README
+    args = ["pipeline", "-c", "configs/pipeline/smoke.yaml", "--runs_dir", str(tmp_path)]
+    root = tmp_path / "smoke"
+
+    # 1. Interrupted inside ppo_ptx: everything before it is complete, nothing after it exists.
+    def boom(self, console):
+        raise KeyboardInterrupt("simulated interruption in ppo_ptx")
+
+    with monkeypatch.context() as m:
+        m.setattr(Pipeline, "run_ppo_ptx", boom)
+        with pytest.raises(KeyboardInterrupt):
+            main(args)
+    for stage in ("pretrain", "sft", "rm", "ppo"):
+        assert read_export_metadata(root / stage / "hf") is not None, stage
+    assert (root / "comparisons" / "stats.json").is_file()
+    assert read_export_metadata(root / "ppo_ptx" / "hf") is None
+    assert not (root / "evaluate" / "results.json").exists()
+    ppo_export = (root / "ppo" / "hf" / "model.safetensors").stat().st_mtime_ns
+
+    # The stages are wired: SFT starts from the pretrained base, the RM from SFT, PPO reads the RM.
+    sft_cfg = yaml.safe_load((root / "configs" / "sft.yaml").read_text())
+    assert sft_cfg["model"]["init_args"]["model_name_or_path"] == str(root / "pretrain" / "hf")
+    assert sft_cfg["data"]["init_args"]["world_dir"] is None
+    ppo_cfg = yaml.safe_load((root / "configs" / "ppo.yaml").read_text())
+    assert ppo_cfg["model"]["init_args"]["reward_model_path"] == str(root / "rm" / "hf")
+    assert (root / "pretrain" / "metrics.csv").is_file()
+
+    # 2. Rerun: the earlier stages are skipped, the interrupted one and those after it run.
+    main(args)
+    statuses = _statuses(root)
+    assert {s: statuses[s] for s in STAGES[:6]} == dict.fromkeys(STAGES[:6], "skipped")
+    assert {s: statuses[s] for s in STAGES[6:]} == dict.fromkeys(STAGES[6:], "done")
+    assert (root / "ppo" / "hf" / "model.safetensors").stat().st_mtime_ns == ppo_export
+    results = json.loads((root / "evaluate" / "results.json").read_text())
+    assert set(results) == POLICIES
+    for policy, figures in results.items():
+        assert RESULT_KEYS <= set(figures), policy
+        assert figures["n"] == 8
+    assert results["sft"]["win_rate"] == 0.5 and results["sft"]["kl_to_sft"] == 0.0
+    settings = json.loads((root / "evaluate" / "settings.json").read_text())
+    assert settings["policies"]["base_prompted"] == str(root / "base_prompted")
+
+    # 3. A stage whose export lost its marker is redone, and so are the stages that read it (evaluate), but
+    #    not its siblings (ppo_ptx).
+    (root / "ppo" / "hf" / MARKER_FILE).unlink()
+    main(args)
+    statuses = _statuses(root)
+    assert statuses["ppo"] == "done" and statuses["evaluate"] == "done"
+    assert statuses["ppo_ptx"] == "skipped" and statuses["rm"] == "skipped"
+    assert read_export_metadata(root / "ppo" / "hf") is not None
+
+
+# --------------------------------------------------------------------------- the walkthrough notebook
+
+
+def test_walkthrough_notebook_runs(tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    monkeypatch.setenv("LIT_RLHF_RUNS_DIR", str(tmp_path))  # the kernel inherits the environment
+    monkeypatch.setenv("LIT_RLHF_PIPELINE_CONFIG", "configs/pipeline/smoke.yaml")
+    notebook = nbformat.read(REPO / "notebooks" / "walkthrough.ipynb", as_version=4)
+    nbclient.NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}
+    ).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # the curves and the Figure-1 plot
+    assert (tmp_path / "smoke" / "evaluate" / "results.json").is_file()
