@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 
 install: $(STAMP)
 
+# The whole recipe on the instruction world: world -> pretrain -> SFT -> comparisons -> RM -> PPO, PPO-ptx -> evaluate.
 demo: install
-	$(BIN)/lit-rlhf fit -c configs/sft/tiny.yaml
+	$(BIN)/lit-rlhf pipeline -c configs/pipeline/demo.yaml
 
 lint: install
 	$(BIN)/ruff check lit_rlhf tests benchmarks

@@ -205,3 +205,19 @@ def test_bad_options_fail_at_start_naming_every_flag(tmp_path, model_dirs, data_
     module, data = make(model_dirs, data_files, tokenizer_dir)
     with pytest.raises(ValueError, match=r"--trainer.max_steps counts optimizer steps"):
         trainer(tmp_path, iterations=1, max_steps=4).fit(module, data)
+
+
+def test_unsupported_strategies_are_refused_before_any_model_loads():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from lit_rlhf.distributed import FSDP2Strategy
+
+    module = PPOModule("a/policy/that/is/never/loaded", reward_model_path="never/loaded")
+    module._trainer = SimpleNamespace(strategy=FSDP2Strategy(), precision="32-true")
+    with pytest.raises(ValueError, match=r"does not support --trainer.strategy=fsdp2 yet.*--trainer.strategy=ddp"):
+        module.setup("fit")
+    module._trainer = SimpleNamespace(strategy=DDPStrategy(), precision="32-true")
+    module.check_strategy()  # ddp is fine
+    assert module.model is None, "nothing was loaded"

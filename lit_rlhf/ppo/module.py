@@ -59,6 +59,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from lit_rlhf.data.collate import pad_right
+from lit_rlhf.distributed import is_fsdp2
 from lit_rlhf.models import LoraOptions, count_parameters, freeze, load_model, load_tokenizer, lora_to_dict
 from lit_rlhf.optim import resolve_warmup, warmup_cosine_lambda
 from lit_rlhf.ppo import core
@@ -287,6 +288,7 @@ class PPOModule(StageModule):
                 yield self.model
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)  # refuses strategies no stage supports
         if stage != "fit":
             return
         trainer, hp = self.trainer, self.hparams
@@ -309,6 +311,15 @@ class PPOModule(StageModule):
             raise ValueError("bad PPO configuration:\n  " + "\n  ".join(problems))
         if hp.ptx_coef > 0:
             self.pretraining = trainer.datamodule.load_pretraining()
+
+    def check_strategy(self) -> None:
+        super().check_strategy()
+        if is_fsdp2(self.trainer.strategy):
+            # The four PPO models are not sharded yet: under fsdp2 nothing would average the gradients.
+            raise ValueError(
+                "PPOModule does not support --trainer.strategy=fsdp2 yet (its policy and value models are not "
+                "sharded); use --trainer.strategy=ddp, or auto for one process."
+            )
 
     def on_fit_start(self) -> None:
         hp = self.hparams
