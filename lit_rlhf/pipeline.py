@@ -387,6 +387,7 @@ class Pipeline:
 
         policies = {"base": self.export("pretrain"), "base_prompted": self.dir("base_prompted")}
         policies |= {s: self.export(s) for s in ("sft", "ppo", "ppo_ptx")}
+        fewshot = self.fewshot_probes()
         panel = _importable(PANEL_JUDGE)
         if not panel:
             console.print("[yellow]no world panel judge: the RM judges the win rates[/yellow]")
@@ -397,6 +398,7 @@ class Pipeline:
             "judge": PANEL_JUDGE if panel else f"rm:{self.export('rm')}",
             "rm_dir": str(self.export("rm")),
             "pretraining_file": str(self.world.corpus_val),
+            "fewshot_file": str(fewshot) if fewshot else None,
             "response_metrics": WORLD_METRICS if _importable(WORLD_METRICS) else None,
             "output_dir": str(self.dir("evaluate")),
             "trainer": {"logger": self._loggers("evaluate", csv=False)},
@@ -405,6 +407,18 @@ class Pipeline:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
             build_cli(["evaluate", "-c", str(config)])
+
+    def fewshot_probes(self) -> Path | None:
+        """``<world>/eval/fewshot.jsonl``, the few-shot probes of the world's corpus skills (written when absent); None
+        for a world without such skills."""
+        from lit_rlhf.world.fewshot import write_fewshot_probes
+        from lit_rlhf.world.tasks import TASK_KINDS
+
+        path = self.world.root / "eval" / "fewshot.jsonl"
+        if path.is_file():
+            return path
+        kinds = tuple(k for k in json.loads(self.world.manifest.read_text())["task_kinds"] if k in TASK_KINDS)
+        return write_fewshot_probes(path, seed=self.seed, kinds=kinds) if kinds else None
 
 
 def _importable(path: str) -> bool:

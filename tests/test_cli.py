@@ -120,3 +120,19 @@ def test_shipped_configs_parse(config, monkeypatch):
         assert printed["data"]["class_path"].startswith("lit_rlhf.")
     else:
         assert "model" not in printed and "trainer" in printed
+
+
+def test_model_directory_without_a_separate_tokenizer_option(tmp_path, tokenizer):
+    """The tokenizer option defaults to the model directory and is linked into the data module; Lightning merges
+    both modules' hparams, so the data module must not save a second, different value of it."""
+    from lit_rlhf.models import export_pretrained, load_model
+
+    model_dir = export_pretrained(load_model("scratch:gpt2", tokenizer, model_config=TINY_GPT2), tokenizer,
+                                  tmp_path / "base")  # fmt: skip
+    cfg = yaml.safe_load(_config(tmp_path, Path("unused")).read_text())
+    cfg["model"]["init_args"] = {"model_name_or_path": str(model_dir), "num_sample_prompts": 0}
+    # hparams are merged when a logger records them
+    cfg["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path)}}
+    (tmp_path / "dir.yaml").write_text(yaml.safe_dump(cfg))
+    _run(["fit", "-c", str(tmp_path / "dir.yaml"), "--model.export_dir", str(tmp_path / "out")])
+    assert read_export_metadata(tmp_path / "out")["stage"] == "sft"

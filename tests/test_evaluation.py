@@ -245,6 +245,22 @@ def test_evaluate_writes_results_plot_and_judges_what_it_generated(exported, tmp
     assert ppo["lm_loss"] > 0 and ppo["lm_loss"] != results["sft"]["lm_loss"]
     applies = [s for s in samples if "cat" in s["prompt"]]
     assert ppo["olleh_rate"] == pytest.approx(sum(s["ppo"].startswith("o") for s in applies) / len(applies))
+    assert ppo["fewshot_accuracy"] is None and "few-shot" not in (out / "table.txt").read_text()  # not asked
+
+
+def test_evaluate_measures_fewshot_accuracy_on_raw_text_probes(exported, policy, tmp_path):
+    from lit_rlhf.world.fewshot import write_fewshot_probes
+
+    probes = write_fewshot_probes(tmp_path / "fewshot.jsonl", n=5)
+    with pytest.raises(ValueError, match="--fewshot_file"):
+        evaluate({"sft": exported["sft"]}, str(exported["prompts"]), fewshot_file=str(tmp_path / "nowhere.jsonl"))
+    out = tmp_path / "eval"
+    results = evaluate({"sft": exported["sft"]}, str(exported["prompts"]), fewshot_file=str(probes), output_dir=out,
+                       max_examples=2, max_new_tokens=2, print_table=False)  # fmt: skip
+    expected = M.fewshot_accuracy(*policy, M.read_fewshot(str(probes), max_examples=2))
+    assert results["sft"]["fewshot_accuracy"] == pytest.approx(expected)
+    assert json.loads((out / "results.json").read_text())["sft"]["fewshot_accuracy"] == pytest.approx(expected)
+    assert "few-shot" in (out / "table.txt").read_text()
 
 
 def test_evaluate_rejects_missing_and_incomplete_policies_before_generating(exported, tmp_path):

@@ -296,7 +296,9 @@ class SFTDataModule(RecordDataModule):
             num_workers=num_workers,
             seed=seed,
         )
-        self.save_hyperparameters()
+        # the tokenizer is the model's option (linked by the CLI): saved once, with the model, so the merged
+        # hparams never hold two values for it
+        self.save_hyperparameters(ignore=["tokenizer_name_or_path"])
         self.truncation = truncation
         self.packing = packing
         self.plain_text = plain_text
@@ -471,7 +473,7 @@ class PreferenceDataModule(RecordDataModule):
             num_workers=num_workers,
             seed=seed,
         )
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["tokenizer_name_or_path"])  # saved with the model (see SFTDataModule)
         self.truncation = truncation
         self.ties = ties
         self.group_by_length = group_by_length

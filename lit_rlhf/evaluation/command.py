@@ -24,6 +24,7 @@ def evaluate_command(
     pretraining_file: str | list[str] | None = None,
     truthfulqa_file: str | None = None,
     gsm8k_file: str | None = None,
+    fewshot_file: str | list[str] | None = None,
     response_metrics: dict[str, str] | str | None = None,
     max_examples: int | None = None,
     max_new_tokens: int = 64,
@@ -60,9 +61,13 @@ def evaluate_command(
         pretraining_file: Held-out pretraining text, {"text": str} records, for the LM loss (alignment tax).
         truthfulqa_file: TruthfulQA records (Question, Best Answer, Incorrect Answers) for MC1 by log-likelihood.
         gsm8k_file: GSM8K records (question, answer ending '#### <number>') for greedy accuracy.
+        fewshot_file: Few-shot skill probes, {"prompt": str, "completion": str} records of raw text (no template),
+            for fewshot_accuracy (alignment tax): the greedy continuation up to its first '.' or newline must equal
+            the completion. 'python -m lit_rlhf.world' worlds: lit_rlhf.world.fewshot.write_fewshot_probes.
         response_metrics: Name -> import path of fn(prompt, response) -> bool | None (None: does not apply), or an
             import path to such a dict; each is reported as a rate per policy (e.g. toxic_rate).
-        max_examples: Use at most this many prompts, texts, TruthfulQA and GSM8K questions each; null: all.
+        max_examples: Use at most this many prompts, texts, TruthfulQA and GSM8K questions, few-shot probes each;
+            null: all.
         max_new_tokens: Longest response to a prompt.
         gsm8k_max_new_tokens: Longest response to a GSM8K question.
         do_sample: Sample responses (seeded) instead of greedy decoding.
@@ -88,6 +93,7 @@ def evaluate_command(
         pretraining_file=pretraining_file,
         truthfulqa_file=truthfulqa_file,
         gsm8k_file=gsm8k_file,
+        fewshot_file=fewshot_file,
         response_metrics=response_metrics,
         max_examples=max_examples,
         max_new_tokens=max_new_tokens,

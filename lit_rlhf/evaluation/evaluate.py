@@ -82,6 +82,7 @@ def evaluate(
     pretraining_file: str | list[str] | None = None,
     truthfulqa_file: str | None = None,
     gsm8k_file: str | None = None,
+    fewshot_file: str | list[str] | None = None,
     response_metrics: Mapping[str, str | M.ResponseMetric] | str | None = None,
     max_examples: int | None = None,
     max_new_tokens: int = 64,
@@ -103,18 +104,20 @@ def evaluate(
     Returns:
         Policy name -> figures: ``n`` (judged prompts), ``win_rate`` and ``win_rate_ci95`` ([low, high], Wilson,
         ties half) by ``judge``, ``rm_win_rate`` and ``rm_win_rate_ci95`` by ``rm_dir``, ``kl_to_<baseline>``,
-        ``lm_loss``, ``response_tokens``, ``eos_rate``, and when asked ``truthfulqa_mc1``, ``gsm8k_accuracy`` and
-        one rate per response metric. A figure that was not computed is None. The baseline's win rates are 0.5 by
-        definition (it is not judged against itself).
+        ``lm_loss``, ``fewshot_accuracy``, ``response_tokens``, ``eos_rate``, and when asked ``truthfulqa_mc1``,
+        ``gsm8k_accuracy`` and one rate per response metric. A figure that was not computed is None. The baseline's
+        win rates are 0.5 by definition (it is not judged against itself).
     """
     # 1. Check everything that can be checked before loading a model.
-    files = {"--pretraining_file": pretraining_file, "--truthfulqa_file": truthfulqa_file, "--gsm8k_file": gsm8k_file}
+    files = {"--pretraining_file": pretraining_file, "--truthfulqa_file": truthfulqa_file, "--gsm8k_file": gsm8k_file,
+             "--fewshot_file": fewshot_file}  # fmt: skip
     check_options(policies, baseline, prompts_file, rm_dir, files, max_examples, max_new_tokens, temperature)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     prompts = load_eval_prompts(prompts_file, max_examples)
     texts = M.read_texts(pretraining_file, max_examples) if pretraining_file else None
     truthfulqa = M.parse_truthfulqa(truthfulqa_file, max_examples) if truthfulqa_file else None
     gsm8k = M.parse_gsm8k(gsm8k_file, max_examples) if gsm8k_file else None
+    fewshot = M.read_fewshot(fewshot_file, max_examples) if fewshot_file else None
     extra_metrics = M.resolve_response_metrics(response_metrics)
     the_judge = load_judge(judge, device=device) if judge is not None else None
     rm_judge = _rm_judge(the_judge, rm_dir, device)
@@ -145,6 +148,9 @@ def evaluate(
             log.warning("evaluate: %s and %s have different vocabularies; no KL between them", name, baseline)
             figures[kl_key] = None
         figures["lm_loss"] = M.lm_loss(model, tokenizer, texts, lm_max_length, batch_size) if texts else None
+        figures["fewshot_accuracy"] = (
+            M.fewshot_accuracy(model, tokenizer, fewshot, batch_size=batch_size) if fewshot else None
+        )
         if truthfulqa:
             figures["truthfulqa_mc1"] = M.mc_accuracy(model, tokenizer, truthfulqa, template, batch_size)
         if gsm8k:
@@ -244,11 +250,13 @@ def render_table(results: Mapping[str, Mapping[str, Any]], baseline: str, print_
     from rich.table import Table
 
     shown = {"n", "win_rate", "win_rate_ci95", "rm_win_rate", "rm_win_rate_ci95"}
-    rates = {"eos_rate", "truthfulqa_mc1", "gsm8k_accuracy"}
-    extra = [k for k in dict.fromkeys(k for f in results.values() for k in f) if k not in shown]
+    rates = {"eos_rate", "truthfulqa_mc1", "gsm8k_accuracy", "fewshot_accuracy"}
+    unmeasured = {k for k in ("fewshot_accuracy",) if all(f.get(k) is None for f in results.values())}  # not shown
+    extra = [k for k in dict.fromkeys(k for f in results.values() for k in f) if k not in shown | unmeasured]
     table = Table(title=f"Evaluation against {baseline} (win rates with 95% Wilson intervals, ties half)")
     headers = {"response_tokens": "resp. tokens", "eos_rate": "EOS rate", f"kl_to_{baseline}": f"KL to {baseline}",
-               "lm_loss": "LM loss", "truthfulqa_mc1": "TruthfulQA MC1", "gsm8k_accuracy": "GSM8K"}  # fmt: skip
+               "lm_loss": "LM loss", "truthfulqa_mc1": "TruthfulQA MC1", "gsm8k_accuracy": "GSM8K",
+               "fewshot_accuracy": "few-shot"}  # fmt: skip
     for column in ["policy", "n", "win rate", "RM win rate", *[headers.get(k, k) for k in extra]]:
         table.add_column(column, justify="left" if column == "policy" else "right")
     for name, figures in results.items():

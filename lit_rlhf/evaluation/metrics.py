@@ -386,6 +386,60 @@ def gsm8k_accuracy(
     return right / len(problems)
 
 
+# --------------------------------------------------------------------------- alignment tax: few-shot skills
+
+_FEWSHOT_CUT = re.compile(r"[.\n]")
+
+
+def read_fewshot(files: str | list[str], max_examples: int | None = None) -> list[dict[str, str]]:
+    """The first ``max_examples`` few-shot records ``{"prompt": str, "completion": str}`` (raw text, no template;
+    :func:`lit_rlhf.world.fewshot.fewshot_probes` writes them)."""
+    out = []
+    for record, source in read_records(files):
+        if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("prompt", "completion")):
+            raise DataError(f"{source}: a few-shot record needs 'prompt' and 'completion' strings")
+        out.append(record)
+        if max_examples is not None and len(out) >= max_examples:
+            break
+    return out
+
+
+def fewshot_answer(continuation: str) -> str:
+    """A continuation cut at its first period or newline, stripped: ``" t a c. d o g"`` -> ``"t a c"``."""
+    return _FEWSHOT_CUT.split(continuation, maxsplit=1)[0].strip()
+
+
+def fewshot_accuracy(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    records: Sequence[Mapping[str, str]],
+    max_new_tokens: int = 16,
+    batch_size: int = 32,
+) -> float:
+    """Share of few-shot prompts whose greedy continuation, up to its first period or newline, is the completion.
+
+    The prompt is raw text (no chat template, no special tokens): the pretraining corpus's own pattern.
+    """
+    context = context_length(model)
+    prompt_ids = [
+        fit_context(tokenizer(r["prompt"], add_special_tokens=False)["input_ids"], max_new_tokens, context)
+        for r in records
+    ]
+    responses = generate_responses(
+        model,
+        prompt_ids,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+    )
+    right = sum(
+        fewshot_answer(tokenizer.decode(ids, skip_special_tokens=True)) == r["completion"].strip()
+        for ids, r in zip(responses, records, strict=True)
+    )
+    return right / len(records)
+
+
 # --------------------------------------------------------------------------- response metrics
 
 
@@ -432,6 +486,8 @@ __all__ = [
     "MathProblem",
     "ResponseMetric",
     "extract_answer",
+    "fewshot_accuracy",
+    "fewshot_answer",
     "generate",
     "gsm8k_accuracy",
     "kl_to_baseline",
@@ -442,6 +498,7 @@ __all__ = [
     "parse_gsm8k",
     "parse_truthfulqa",
     "policy_dir_problems",
+    "read_fewshot",
     "read_texts",
     "resolve_response_metrics",
     "response_rate",

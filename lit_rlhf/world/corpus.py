@@ -90,13 +90,12 @@ def _train_pair(rng: random.Random, kind: str) -> tuple[int, int]:
             return a, b
 
 
-def _skill_sentence(rng: random.Random, kind: str) -> str:
-    """One sentence showing ``kind`` implicitly, phrased as a statement, never as a request."""
+def skill_statement(kind: str, operand: str) -> str:
+    """The corpus sentence stating skill ``kind`` on ``operand`` (a word, or ``"a,b"`` for arithmetic), answer included."""
     if kind in ("add", "subtract"):
-        a, b = _train_pair(rng, kind)
+        a, b = (int(x) for x in operand.split(","))
         return f"{a} plus {b} is {a + b}." if kind == "add" else f"{a} minus {b} is {a - b}."
-    word = _train_word(rng, kind)
-    w, answer = spell(word), string_answer(kind, word)
+    w, answer = spell(operand), string_answer(kind, operand)
     return {
         "reverse": f"{w} backwards is {answer}.",
         "uppercase": f"{w} in capitals is {answer}.",
@@ -106,6 +105,14 @@ def _skill_sentence(rng: random.Random, kind: str) -> str:
         "last_letter": f"{w} ends with {answer}.",
         "length": f"{w} has {answer} letters.",
     }[kind]
+
+
+def _skill_sentence(rng: random.Random, kind: str) -> str:
+    """One sentence showing ``kind`` implicitly, phrased as a statement, never as a request."""
+    if kind in ("add", "subtract"):
+        a, b = _train_pair(rng, kind)
+        return skill_statement(kind, f"{a},{b}")
+    return skill_statement(kind, _train_word(rng, kind))
 
 
 def _scene_sentence(rng: random.Random) -> str:
@@ -151,4 +158,4 @@ def make_corpus(rng: random.Random, n: int, skill_kinds: tuple[str, ...]) -> lis
     return [make_document(rng, skill_kinds) for _ in range(n)]
 
 
-__all__ = ["FACTS", "Fact", "make_corpus", "make_document"]
+__all__ = ["FACTS", "Fact", "make_corpus", "make_document", "skill_statement"]
