@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lit_rlhf.world import toxicity, truthfulness
+from lit_rlhf.world.rankings import _is_number, edit_distance
 from lit_rlhf.world.tasks import (
     TASK_KINDS,
     WORDS,
@@ -137,21 +138,6 @@ def strip_fillers(text: str) -> tuple[str, int]:
                 return text, n
             text = text[: -len(filler)].strip()
         n += 1
-
-
-def edit_distance(a: Sequence[str], b: Sequence[str]) -> int:
-    """Levenshtein distance between two token sequences (insert, delete, substitute each cost 1)."""
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, start=1):
-        cur = [i]
-        for j, y in enumerate(b, start=1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-        prev = cur
-    return prev[-1]
-
-
-def _is_number(text: str) -> bool:
-    return text.lstrip("-").isdigit()
 
 
 def _task_correctness(answer: str, body: str) -> float:
