@@ -78,6 +78,22 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
+def run_cli(args: list[str]) -> str:
+    """Run ``lit-rlhf ARGS`` in this process; its stdout, asserting a clean exit when it exits."""
+    import contextlib
+    import io
+
+    from lit_rlhf.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            main(args)
+        except SystemExit as e:
+            assert e.code in (0, None), out.getvalue()
+    return out.getvalue()
+
+
 TINY_GPT2 = {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": 128}
 
 

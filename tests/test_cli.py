@@ -12,7 +12,7 @@ import yaml
 
 from lit_rlhf.cli import main
 from lit_rlhf.models import read_export_metadata
-from tests.conftest import REPO, TINY_GPT2, reverse_records, write_jsonl
+from tests.conftest import REPO, TINY_GPT2, reverse_records, run_cli, write_jsonl
 
 
 def _config(tmp_path: Path, tokenizer_dir: Path, logger=False) -> Path:
@@ -46,37 +46,27 @@ def _config(tmp_path: Path, tokenizer_dir: Path, logger=False) -> Path:
     return path
 
 
-def _run(args: list[str]) -> str:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        try:
-            main(args)
-        except SystemExit as e:
-            assert e.code in (0, None), out.getvalue()
-    return out.getvalue()
-
-
 def test_fit_from_yaml_exports_and_print_config_round_trips(tmp_path, tokenizer_dir):
     cfg = _config(tmp_path, tokenizer_dir)
-    printed = _run(["fit", "-c", str(cfg), "--print_config"])
+    printed = run_cli(["fit", "-c", str(cfg), "--print_config"])
     parsed = yaml.safe_load(printed)
     assert parsed["model"]["init_args"]["model_name_or_path"] == "scratch:gpt2"
     # the tokenizer is given once, on the model, and linked into the data module
     assert parsed["data"]["init_args"].get("tokenizer_name_or_path") in (None, str(tokenizer_dir))
     round_trip = tmp_path / "printed.yaml"
     round_trip.write_text(printed)
-    _run(["fit", "-c", str(round_trip), "--model.export_dir", str(tmp_path / "exported")])
+    run_cli(["fit", "-c", str(round_trip), "--model.export_dir", str(tmp_path / "exported")])
     meta = read_export_metadata(tmp_path / "exported")
     assert meta is not None and meta["stage"] == "sft" and meta["global_step"] == 3
 
 
 def test_help_explains_the_options():
-    text = _run(["fit", "--model.help", "SFTModule"])
+    text = run_cli(["fit", "--model.help", "SFTModule"])
     assert "--model.model_name_or_path" in text and "scratch:gpt2" in text
     assert "--model.export_dir" in text and "default_root_dir" in text
-    text = _run(["fit", "--data.help", "SFTDataModule"])
+    text = run_cli(["fit", "--data.help", "SFTDataModule"])
     assert "--data.train_files" in text and "--data.val_files" in text and "left_truncate" in text
-    assert "lit-rlhf" in _run(["--help"])
+    assert "lit-rlhf" in run_cli(["--help"])
 
 
 def test_bad_data_option_names_the_flag(tmp_path, tokenizer_dir):
@@ -93,7 +83,7 @@ def test_default_logger_is_wandb_offline_without_a_key(tmp_path, tokenizer_dir, 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     cfg = _config(tmp_path, tokenizer_dir, logger=None)  # the CLI's default logger
-    _run(["fit", "-c", str(cfg)])
+    run_cli(["fit", "-c", str(cfg)])
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, f"no offline W&B run under {tmp_path / 'run'}: {os.listdir(tmp_path / 'run')}"
     assert list(runs[0].glob("*.wandb")), "the run directory holds the offline log"
@@ -101,7 +91,7 @@ def test_default_logger_is_wandb_offline_without_a_key(tmp_path, tokenizer_dir, 
 
 def test_logger_swaps_to_csv(tmp_path, tokenizer_dir):
     cfg = _config(tmp_path, tokenizer_dir)
-    _run(["fit", "-c", str(cfg), "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+    run_cli(["fit", "-c", str(cfg), "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
           "--trainer.logger.save_dir", str(tmp_path / "csv"), "--trainer.log_every_n_steps", "1"])  # fmt: skip
     metrics = list((tmp_path / "csv").rglob("metrics.csv"))
     assert metrics and "train/loss" in metrics[0].read_text()
@@ -114,7 +104,7 @@ def test_shipped_configs_parse(config, monkeypatch):
     monkeypatch.chdir(REPO)
     folder = Path(config).parts[1]  # configs/<stage or subcommand>/<size>.yaml
     subcommand = folder if folder in LitRLHFCLI.MODEL_FREE_SUBCOMMANDS else "fit"
-    printed = yaml.safe_load(_run([subcommand, "-c", config, "--print_config"]))
+    printed = yaml.safe_load(run_cli([subcommand, "-c", config, "--print_config"]))
     if subcommand == "fit":
         assert printed["model"]["class_path"].startswith("lit_rlhf.")
         assert printed["data"]["class_path"].startswith("lit_rlhf.")
@@ -134,5 +124,5 @@ def test_model_directory_without_a_separate_tokenizer_option(tmp_path, tokenizer
     # hparams are merged when a logger records them
     cfg["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path)}}
     (tmp_path / "dir.yaml").write_text(yaml.safe_dump(cfg))
-    _run(["fit", "-c", str(tmp_path / "dir.yaml"), "--model.export_dir", str(tmp_path / "out")])
+    run_cli(["fit", "-c", str(tmp_path / "dir.yaml"), "--model.export_dir", str(tmp_path / "out")])
     assert read_export_metadata(tmp_path / "out")["stage"] == "sft"

@@ -3,8 +3,6 @@ parsing, ``evaluate`` end to end on tiny exported policies, and the ``lit-rlhf e
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import torch
 from lit_rlhf.evaluation import CallableJudge, EvalPrompt, RewardModelJudge, evaluate, judge_pairs, load_judge
 from lit_rlhf.evaluation import metrics as M
 from lit_rlhf.evaluation.stats import win_rate
-from tests.conftest import TINY_GPT2, reverse_records, shared_data, write_jsonl
+from tests.conftest import TINY_GPT2, reverse_records, run_cli, shared_data, write_jsonl
 
 REQUIRED = {"win_rate", "win_rate_ci95", "rm_win_rate", "lm_loss", "kl_to_sft", "n"}
 
@@ -283,23 +281,11 @@ def test_evaluate_rejects_missing_and_incomplete_policies_before_generating(expo
         evaluate({"sft": exported["sft"]}, str(exported["prompts"]), baseline="base")
 
 
-def _run_cli(args: list[str]) -> str:
-    from lit_rlhf.cli import main
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        try:
-            main(args)
-        except SystemExit as e:
-            assert e.code in (0, None), out.getvalue()
-    return out.getvalue()
-
-
 def test_cli_evaluate_runs_without_model_or_data(exported, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     out = tmp_path / "cli-eval"
-    printed = _run_cli([
+    printed = run_cli([
         "evaluate",
         "--policies", f"{{sft: {exported['sft']}, ppo: {exported['ppo']}}}",
         "--prompts_file", str(exported["prompts"]),
@@ -313,7 +299,7 @@ def test_cli_evaluate_runs_without_model_or_data(exported, tmp_path, monkeypatch
     assert list(results) == ["sft", "ppo"] and results["ppo"]["n"] == 4
     assert "win rate" in printed and (out / "win_rates.png").is_file()
     assert list((tmp_path / "root" / "wandb").glob("offline-run-*")), "results are logged to W&B (offline)"
-    assert "--policies" in _run_cli(["evaluate", "--help"])
+    assert "--policies" in run_cli(["evaluate", "--help"])
 
 
 def test_shipped_evaluate_configs_parse(monkeypatch):
@@ -323,7 +309,7 @@ def test_shipped_evaluate_configs_parse(monkeypatch):
     import yaml
 
     for config in sorted((REPO / "configs" / "evaluate").glob("*.yaml")):
-        printed = yaml.safe_load(_run_cli(["evaluate", "-c", str(config), "--print_config"]))
+        printed = yaml.safe_load(run_cli(["evaluate", "-c", str(config), "--print_config"]))
         assert printed["baseline"] in printed["policies"], config
 
 

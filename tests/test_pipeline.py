@@ -3,8 +3,6 @@ completes, writes results.json and resumes after an interrupted stage."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
@@ -17,21 +15,11 @@ from lit_rlhf.data.modules import SFTDataModule
 from lit_rlhf.data.records import DataError
 from lit_rlhf.models import MARKER_FILE, read_export_metadata
 from lit_rlhf.pipeline import INPUTS, STAGES, Pipeline, deep_merge, few_shot_chat_template, replace_path_prefix
-from tests.conftest import REPO, write_jsonl
+from tests.conftest import REPO, run_cli, write_jsonl
 
 RESULT_KEYS = {"n", "win_rate", "win_rate_ci95", "rm_win_rate", "invented_answer_rate", "toxic_rate", "lm_loss",
                "kl_to_sft"}  # fmt: skip
 POLICIES = {"base", "base_prompted", "sft", "ppo", "ppo_ptx"}
-
-
-def _run(args: list[str]) -> str:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        try:
-            main(args)
-        except SystemExit as e:
-            assert e.code in (0, None), out.getvalue()
-    return out.getvalue()
 
 
 # --------------------------------------------------------------------------- plain text: LM loss on every token
@@ -107,7 +95,7 @@ def test_stage_inputs_come_earlier():
 
 
 def test_pipeline_help_lists_its_options():
-    out = _run(["pipeline", "--help"])
+    out = run_cli(["pipeline", "--help"])
     for option in ("--name", "--runs_dir", "--world", "--pretrain", "--comparisons", "--ppo_ptx", "--until"):
         assert option in out
 

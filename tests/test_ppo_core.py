@@ -422,6 +422,26 @@ def test_explained_variance():
     assert torch.isnan(explained_variance(returns, torch.ones_like(returns), keep))
 
 
+def test_explained_variance_over_two_shards_equals_the_concatenated_batch():
+    gen = torch.Generator().manual_seed(0)
+    values, returns = torch.randn(6, 5, generator=gen), torch.randn(6, 5, generator=gen) * 3 + 1
+    keep = torch.rand(6, 5, generator=gen) > 0.3
+    shards = [(values[:2], returns[:2], keep[:2]), (values[2:], returns[2:], keep[2:])]
+
+    def local_stats(v, r, m):  # what explained_variance hands to all_reduce on each rank
+        captured = []
+        explained_variance(v, r, m, all_reduce=lambda t: captured.append(t) or t)
+        return captured[0]
+
+    stats = [local_stats(*shard) for shard in shards]
+    whole = explained_variance(values, returns, keep)
+    for rank in (0, 1):
+        other = stats[1 - rank]
+        on_rank = explained_variance(*shards[rank], all_reduce=lambda t, other=other: t + other)
+        assert_close(on_rank, whole)
+    assert not torch.allclose(explained_variance(*shards[0]), whole), "one shard alone differs"
+
+
 # ------------------------------------------------------------------------------------------------------------
 # KL controllers
 # ------------------------------------------------------------------------------------------------------------

@@ -116,21 +116,31 @@ def masked_whiten(
     return _zero_masked(whitened.to(x.dtype), mask)
 
 
-def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
+def explained_variance(
+    values: Tensor, returns: Tensor, mask: Tensor, all_reduce: Callable[[Tensor], Tensor] | None = None
+) -> Tensor:
     """How much of the returns' variance the value predictions explain: ``1 - Var[R - V] / Var[R]``.
 
-    1 is perfect, 0 is no better than predicting the mean return, negative is worse than that.
+    1 is perfect, 0 is no better than predicting the mean return, negative is worse than that. Variances are
+    population variances, computed as ``E[x^2] - mean^2`` (clamped at 0) so that one reduction serves all ranks.
 
     Args:
         values: (batch, response_len) value predictions ``V``.
         returns: (batch, response_len) targets ``R`` (e.g. GAE returns).
         mask: (batch, response_len) bool, True on real response tokens.
+        all_reduce: as in :func:`masked_whiten`: returns the elementwise sum over all ranks; called once, with this
+            rank's ``[sum R, sum R^2, sum (R - V), sum (R - V)^2, count]``. None uses the local statistics only.
 
     Returns:
         A scalar tensor; ``nan`` when the counted returns are all equal (``Var[R] = 0``).
     """
-    var_returns = masked_var(returns, mask, unbiased=False)
-    var_residual = masked_var(returns - values, mask, unbiased=False)
+    stats_dtype = torch.promote_types(returns.dtype, torch.float32)
+    r = _zero_masked(returns, mask).to(stats_dtype)
+    e = _zero_masked(returns - values, mask).to(stats_dtype)
+    local = torch.stack([r.sum(), (r**2).sum(), e.sum(), (e**2).sum(), mask.sum().to(stats_dtype)])
+    sum_r, sum_r2, sum_e, sum_e2, count = (all_reduce(local) if all_reduce is not None else local).unbind()
+    var_returns = (sum_r2 / count - (sum_r / count) ** 2).clamp(min=0.0)
+    var_residual = (sum_e2 / count - (sum_e / count) ** 2).clamp(min=0.0)
     nan = torch.full_like(var_returns, math.nan)
     return torch.where(var_returns == 0, nan, 1 - var_residual / var_returns)
 

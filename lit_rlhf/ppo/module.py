@@ -427,7 +427,9 @@ class PPOModule(StageModule):
             "ppo/response_length": self.global_mean(response_mask.sum(1).float()),
             "ppo/eos_rate": self.global_mean(has_eos.float()),
             "ppo/reward_mean": self.global_mean(rewards.sum(1)),
-            "ppo/explained_variance": self.global_explained_variance(values, returns, response_mask),
+            "ppo/explained_variance": float(
+                core.explained_variance(values, returns, response_mask, all_reduce=self.all_reduce_sum)
+            ),
             "ppo/time_generation": time_generation,
             "ppo/time_scoring": time_scoring,
         }
@@ -571,12 +573,6 @@ class PPOModule(StageModule):
         total, total_sq, count = self.all_reduce_sum(stats)
         mean = total / count
         return float(mean), float((total_sq / count - mean**2).clamp(min=0).sqrt())
-
-    def global_explained_variance(self, values: Tensor, returns: Tensor, response_mask: Tensor) -> float:
-        """``core.explained_variance`` with the variances taken over the response tokens of all ranks."""
-        var_returns = self.global_mean_std(returns[response_mask])[1] ** 2
-        var_residual = self.global_mean_std((returns - values)[response_mask])[1] ** 2
-        return 1.0 - var_residual / var_returns if var_returns > 0 else float("nan")
 
     def _now(self) -> float:
         if self.device.type == "cuda":
