@@ -84,6 +84,9 @@ class Settings:
     ppo_max_prompt_len: int = 64
     ppo_iterations: int = 2
     ppo_warmup: int = 1
+    # lit_rlhf's value model: "separate" (as TRL, the matched setting) or "shared" (a value head on the policy's
+    # backbone: less work, so a different setting; listed among the differences when chosen).
+    ppo_value_model: str = "separate"
 
     @property
     def rm_comparisons_per_step(self) -> int:
@@ -172,6 +175,18 @@ DIFFERENCES = [
     ),
 ]
 """(setting, why it differs or how it was matched): printed with the results and written to the JSON."""
+
+SHARED_VALUE_DIFFERENCE = (
+    "PPO value model",
+    "lit_rlhf runs with --model.value_model=shared (a value head on the policy's backbone: one forward and backward "
+    "per micro-batch for both losses, and no value model in the rollout's scoring) while TRL's PPOTrainer has a "
+    "separate value model; TRL offers no shared option, so this is less work, not the same work.",
+)
+
+
+def differences(s: Settings) -> list[tuple[str, str]]:
+    """The settings that differ between the two sides under ``s``."""
+    return DIFFERENCES + ([SHARED_VALUE_DIFFERENCE] if s.ppo_value_model != "separate" else [])
 
 
 # --------------------------------------------------------------------------- shared assets: tokenizer, models, data
@@ -385,7 +400,7 @@ def run_lit(stage: str, assets: dict[str, str], s: Settings, out: str) -> dict[s
             minibatch_size=s.ppo_minibatch, micro_batch_size=s.ppo_micro, forward_batch_size=s.ppo_rollout,
             ppo_epochs=s.ppo_epochs, max_new_tokens=s.ppo_response_len, temperature=s.ppo_temperature,
             no_eos_score=None, kl_coef=s.ppo_kl_coef, learning_rate=s.learning_rate, warmup=0, max_grad_norm=None,
-            log_samples_every_n_iterations=0, rollout_seed=s.seed,
+            log_samples_every_n_iterations=0, rollout_seed=s.seed, value_model=s.ppo_value_model,
         )  # fmt: skip
         data = ppo_data(assets, s)
         trainer = _lit_trainer(out, Clock(), limit_train_batches=warmup + steps)
@@ -578,16 +593,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         settings = Settings(**json.loads(Path(args.settings).read_text()))
         run_child(*args.child, args.assets, settings)
         return {}
-    if args.list_differences:
-        for name, why in DIFFERENCES:
-            print(f"- {name}: {why}")
-        return {}
     settings = SMOKE if args.smoke else Settings()
     overrides = {}
     for kv in args.set:
         key, value = kv.split("=", 1)
         overrides[key] = type(getattr(settings, key))(value)
     settings = dataclasses.replace(settings, **overrides)
+    if args.list_differences:
+        for name, why in differences(settings):
+            print(f"- {name}: {why}")
+        return {}
     stages = [x for x in args.stages.split(",") if x]
     bad = [x for x in stages if x not in STAGES]
     if bad:
@@ -628,13 +643,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "load_average_at_end": load,
         "versions": _versions(),
         "settings": dataclasses.asdict(settings),
-        "differences": dict(DIFFERENCES),
+        "differences": dict(differences(settings)),
     }
     print(f"command: {meta['command']}")
     print(f"{meta['date']}; {meta['machine']}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"versions: {meta['versions']}; {settings.threads} threads per run; peak memory = peak RSS of the process")
     print_report(results, TARGETS)
-    print("settings that differ (see --list-differences):", ", ".join(name for name, _ in DIFFERENCES))
+    print("settings that differ (see --list-differences):", ", ".join(name for name, _ in differences(settings)))
     output = {**results, "meta": meta}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

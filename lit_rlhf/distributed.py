@@ -8,6 +8,8 @@ then the root). Frozen models (PPO's reference and reward models) can be sharded
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -137,7 +139,9 @@ def shard_model(model: nn.Module, mesh: Any, mixed_precision: torch.dtype | None
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=mixed_precision, reduce_dtype=torch.float32)
     for block in transformer_blocks(model):
         fully_shard(block, **kwargs)
-    fully_shard(model, **kwargs)
+    # Under peft the root is the wrapped transformers model: peft's generate() calls it, not the PeftModel, and
+    # FSDP2 needs the first forward of a sharded model to go through its root.
+    fully_shard(model.get_base_model() if hasattr(model, "get_base_model") else model, **kwargs)
     return model
 
 
@@ -196,6 +200,17 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
+def shard_like(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """``full`` laid out as ``param``: this rank's shard of it for an FSDP2 (DTensor) parameter, else ``full`` on
+    the parameter's device and dtype. Every rank holds ``full``, so no communication happens."""
+    full = full.to(device=param.device, dtype=param.dtype)
+    if not hasattr(param, "device_mesh"):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
+
+
 def add_to_parameter(param: torch.Tensor, delta: torch.Tensor) -> None:
     """``param += delta`` in place, for a plain or an FSDP2-sharded (DTensor) parameter; ``delta`` is whole."""
     if hasattr(param, "device_mesh"):
@@ -216,3 +231,30 @@ def reshard(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, FSDPModule):
             module.reshard()
+
+
+@contextmanager
+def gathered(model: nn.Module) -> Iterator[nn.Module]:
+    """Hold an FSDP2 model's parameters whole for the duration of the block (no-op for an unsharded model).
+
+    For generation: without it, every decode step all-gathers and frees each block again (one collective per
+    block per token). Inside, each rank holds the whole model once (the memory of a replicated copy); on leaving,
+    the parameters are sharded again and the modules go back to resharding after forward (the root never does:
+    FSDP2's default). Collective: every rank must enter it.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not modules:
+        yield model
+        return
+    root = modules[0]  # modules() is pre-order: the outermost sharded module comes first
+    for module in modules:
+        module.set_reshard_after_forward(False, recurse=False)
+        module.unshard()
+    try:
+        yield model
+    finally:
+        for module in modules:
+            module.reshard()
+            module.set_reshard_after_forward(module is not root, recurse=False)

@@ -251,7 +251,10 @@ def load_model(
     if dropout is not None:
         set_dropout(model, dropout)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24 (the old name is deprecated)
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if lora is not None:
         model = apply_lora(model, lora, task_type="CAUSAL_LM" if head == "causal_lm" else "SEQ_CLS")

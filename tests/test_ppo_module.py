@@ -94,6 +94,34 @@ def test_first_minibatch_ratio_is_exactly_one(tmp_path, model_dirs, data_files, 
     assert (tmp_path / "hf" / "model.safetensors").exists()
 
 
+def test_shared_value_head_reads_the_policy_forward_and_trains(tmp_path, model_dirs, data_files, tokenizer_dir):
+    module, data = make(model_dirs, data_files, tokenizer_dir, ppo_epochs=2, trim_padding=False, value_model="shared")
+    trainer(tmp_path, iterations=1).fit(module, data)
+    assert module.value_model is None, "no fourth model"
+    first = module.minibatch_stats[0]
+    assert first["ratio_mean"] == 1.0 and first["approxkl"] == 0.0  # the same forward gives log-probs and values
+    # the zero-initialised head predicts 0 at rollout time; the value loss moved it
+    assert float(module.value_head.weight.abs().sum()) > 0
+    assert module.minibatch_stats[-1]["value_loss"] < first["value_loss"]
+    exported = load_file(tmp_path / "hf" / "model.safetensors")
+    assert not any("value" in name for name in exported), "the value head is not part of the policy export"
+
+    with pytest.raises(ValueError, match=r"--model.value_model_path needs --model.value_model=separate"):
+        make(model_dirs, data_files, tokenizer_dir, value_model="shared", value_model_path=str(model_dirs[1]))
+
+
+def test_frozen_models_in_bfloat16_and_checkpointed_policy(tmp_path, model_dirs, data_files, tokenizer_dir):
+    module, data = make(model_dirs, data_files, tokenizer_dir, frozen_dtype="bfloat16", gradient_checkpointing=True)
+    trainer(tmp_path, iterations=1).fit(module, data)
+    assert {p.dtype for p in module.ref_model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in module.reward_model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in module.model.parameters()} == {torch.float32}
+    assert not any(p.requires_grad for p in module.ref_model.parameters())
+    assert module.model.is_activation_checkpointing and module.value_model.is_activation_checkpointing
+    assert module.minibatch_stats and all(torch.isfinite(torch.tensor(list(s.values()))).all()
+                                          for s in module.minibatch_stats)  # fmt: skip
+
+
 def test_ppo_raises_a_rule_based_reward_with_bounded_kl(tmp_path, model_dirs, data_files, tokenizer_dir):
     torch.manual_seed(0)
     module, data = make(model_dirs, data_files, tokenizer_dir, reward_fn=letter_reward, batch_size=16,
@@ -210,14 +238,15 @@ def test_bad_options_fail_at_start_naming_every_flag(tmp_path, model_dirs, data_
 def test_unsupported_strategies_are_refused_before_any_model_loads():
     from types import SimpleNamespace
 
-    from lightning.pytorch.strategies import DDPStrategy
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
     from lit_rlhf.distributed import FSDP2Strategy
 
     module = PPOModule("a/policy/that/is/never/loaded", reward_model_path="never/loaded")
-    module._trainer = SimpleNamespace(strategy=FSDP2Strategy(), precision="32-true")
-    with pytest.raises(ValueError, match=r"does not support --trainer.strategy=fsdp2 yet.*--trainer.strategy=ddp"):
+    module._trainer = SimpleNamespace(strategy=FSDPStrategy(), precision="32-true")
+    with pytest.raises(ValueError, match=r"FSDP1.*--trainer.strategy=fsdp2"):
         module.setup("fit")
-    module._trainer = SimpleNamespace(strategy=DDPStrategy(), precision="32-true")
-    module.check_strategy()  # ddp is fine
+    for strategy in (DDPStrategy(), FSDP2Strategy()):
+        module._trainer = SimpleNamespace(strategy=strategy, precision="32-true")
+        module.check_strategy()  # both supported
     assert module.model is None, "nothing was loaded"

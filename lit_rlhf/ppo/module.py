@@ -58,8 +58,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from lit_rlhf.data.collate import pad_right
-from lit_rlhf.distributed import is_fsdp2
+from lit_rlhf.data.collate import IGNORE_INDEX, pad_right
+from lit_rlhf.distributed import full_tensor, gathered, reshard, shard_like
 from lit_rlhf.models import LoraOptions, count_parameters, freeze, load_model, load_tokenizer, lora_to_dict
 from lit_rlhf.optim import resolve_warmup, warmup_cosine_lambda
 from lit_rlhf.ppo import core
@@ -90,7 +90,11 @@ class PPOModule(StageModule):
         model_name_or_path: The policy to train: the SFT stage's Hugging Face directory. Also the frozen reference.
         reward_model_path: The reward-model directory (one-label ``AutoModelForSequenceClassification``).
         value_model_path: Where the value model starts; default the reward model (InstructGPT C.4), else the
-            policy's directory with a new score head.
+            policy's directory with a new score head. Only with ``value_model=separate``.
+        value_model: ``separate``: a value model of its own (InstructGPT; trained alongside, as large as the policy).
+            ``shared``: a value head (one linear layer, zero-initialised) on the policy's final hidden states, so
+            one forward and backward per micro-batch serves both losses: about half the update's compute and no
+            fourth model in memory, at the cost of value gradients flowing into the policy's backbone.
         reward_fn: A Python callable ``(prompts, responses) -> scores`` used instead of a reward model (rule-based
             rewards, tests). Give this or ``reward_model_path``, not both.
         tokenizer_name_or_path: The policy's tokenizer; defaults to ``model_name_or_path``.
@@ -132,6 +136,13 @@ class PPOModule(StageModule):
         ema_decay: Keep an exponential moving average of the policy weights with this decay (InstructGPT: 0.992)
             and export it; None exports the last weights.
         dtype: Weights dtype of all four models (see ``SFTModule``).
+        frozen_dtype: Weights dtype of the frozen reference and reward models (e.g. ``bfloat16``: half their memory);
+            default ``dtype``. They carry no gradients or optimiser state either way.
+        shard_frozen: Under ``--trainer.strategy=fsdp2``, shard the frozen reference and reward models like the
+            trained ones (1/N of their memory per process, an all-gather per block in each of their forwards);
+            False keeps a whole copy on every process (faster; combine with ``frozen_dtype``).
+        gradient_checkpointing: Recompute the policy's and value model's activations in backward (less memory, about
+            a third more update compute); generation is unaffected.
         lora: Train LoRA adapters on the policy; the reference is then the policy with adapters disabled.
         trust_remote_code: Allow code from the model repositories to run.
         rollout_seed: Seed of response sampling and minibatch shuffles (derived per iteration and prompt).
@@ -146,6 +157,7 @@ class PPOModule(StageModule):
         model_name_or_path: str,
         reward_model_path: str | None = None,
         value_model_path: str | None = None,
+        value_model: Literal["separate", "shared"] = "separate",
         reward_fn: RewardFn | None = None,
         tokenizer_name_or_path: str | None = None,
         export_dir: str | None = None,
@@ -181,6 +193,9 @@ class PPOModule(StageModule):
         max_grad_norm: float | None = 1.0,
         ema_decay: float | None = None,
         dtype: str | None = None,
+        frozen_dtype: str | None = None,
+        shard_frozen: bool = True,
+        gradient_checkpointing: bool = False,
         lora: LoraOptions | None = None,
         trust_remote_code: bool = False,
         rollout_seed: int = 42,
@@ -196,6 +211,7 @@ class PPOModule(StageModule):
         self.model = None  # the policy (StageModule exports self.model)
         self.ref_model = None
         self.value_model = None
+        self.value_head = None  # value_model=shared
         self.reward_model = None
         self.tokenizer = None
         self.reward_tokenizer = None
@@ -221,6 +237,10 @@ class PPOModule(StageModule):
             problems.append(
                 f"--model.micro_batch_size={hp.micro_batch_size} must divide --model.minibatch_size={hp.minibatch_size}"
             )
+        if hp.value_model not in ("separate", "shared"):
+            problems.append(f"--model.value_model must be 'separate' or 'shared', got {hp.value_model!r}")
+        if hp.value_model == "shared" and hp.value_model_path is not None:
+            problems.append("--model.value_model_path needs --model.value_model=separate (shared uses the policy)")
         if hp.forward_batch_size is not None and hp.forward_batch_size < 1:
             problems.append(f"--model.forward_batch_size must be >= 1, got {hp.forward_batch_size}")
         if not hp.temperature > 0:
@@ -251,25 +271,44 @@ class PPOModule(StageModule):
     # -- models --------------------------------------------------------------------------------------------------
 
     def configure_model(self) -> None:
-        """Load the four models lazily (after the DataModule prepared the data); dropout off in all of them."""
+        """Load the four models lazily (after the DataModule prepared the data); dropout off in all of them.
+
+        Under ``--trainer.strategy=fsdp2`` the trained models are sharded (each block, then the root), and the frozen
+        ones too unless ``shard_frozen`` is off.
+        """
         if self.model is not None:
             return
         hp = self.hparams
         self.tokenizer = load_tokenizer(hp.tokenizer_name_or_path or hp.model_name_or_path, hp.trust_remote_code)
         common = {"dtype": hp.dtype, "trust_remote_code": hp.trust_remote_code, "dropout": 0.0}
-        self.model = load_model(hp.model_name_or_path, self.tokenizer, lora=hp.lora, **common)
+        frozen = {**common, "dtype": hp.frozen_dtype or hp.dtype}
+        trained = {**common, "gradient_checkpointing": hp.gradient_checkpointing}
+        self.model = load_model(hp.model_name_or_path, self.tokenizer, lora=hp.lora, **trained)
         if hp.lora is None:
-            self.ref_model = freeze(load_model(hp.model_name_or_path, self.tokenizer, **common))
-        value_path = hp.value_model_path or hp.reward_model_path or hp.model_name_or_path
-        self._check_same_vocab(value_path, "--model.value_model_path")
-        # InstructGPT C.4: the value model is initialised from the reward model.
-        self.value_model = load_model(value_path, self.tokenizer, head="score", **common)
+            self.ref_model = freeze(load_model(hp.model_name_or_path, self.tokenizer, **frozen))
+        if hp.value_model == "shared":
+            weight = next(p for p in self.model.parameters() if p.is_floating_point())
+            self.value_head = nn.Linear(self.model.config.hidden_size, 1, dtype=weight.dtype, device=weight.device)
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
+        else:
+            value_path = hp.value_model_path or hp.reward_model_path or hp.model_name_or_path
+            self._check_same_vocab(value_path, "--model.value_model_path")
+            # InstructGPT C.4: the value model is initialised from the reward model.
+            self.value_model = load_model(value_path, self.tokenizer, head="score", **trained)
         if hp.reward_model_path is not None:
             self.reward_tokenizer = load_tokenizer(hp.reward_model_path, hp.trust_remote_code)
-            self.reward_model = freeze(load_model(hp.reward_model_path, self.reward_tokenizer, head="score", **common))
+            self.reward_model = freeze(load_model(hp.reward_model_path, self.reward_tokenizer, head="score", **frozen))
             self.reward_shares_tokens = self.reward_tokenizer.get_vocab() == self.tokenizer.get_vocab()
         trainable, total = count_parameters(self.model)
         log.info("policy %s: %.2fM parameters, %.2fM trainable", hp.model_name_or_path, total / 1e6, trainable / 1e6)
+        for model in (self.model, self.value_model, self.value_head):
+            if model is not None:
+                self.shard(model)
+        if hp.shard_frozen:
+            for model in (self.ref_model, self.reward_model):
+                if model is not None:
+                    self.shard(model)
 
     def _check_same_vocab(self, path: str, flag: str) -> None:
         if path == (self.hparams.tokenizer_name_or_path or self.hparams.model_name_or_path):
@@ -312,15 +351,6 @@ class PPOModule(StageModule):
         if hp.ptx_coef > 0:
             self.pretraining = trainer.datamodule.load_pretraining()
 
-    def check_strategy(self) -> None:
-        super().check_strategy()
-        if is_fsdp2(self.trainer.strategy):
-            # The four PPO models are not sharded yet: under fsdp2 nothing would average the gradients.
-            raise ValueError(
-                "PPOModule does not support --trainer.strategy=fsdp2 yet (its policy and value models are not "
-                "sharded); use --trainer.strategy=ddp, or auto for one process."
-            )
-
     def on_fit_start(self) -> None:
         hp = self.hparams
         rollout = self.trainer.datamodule.batch_size
@@ -338,7 +368,7 @@ class PPOModule(StageModule):
         groups = []
         for model, lr in (
             (self.model, hp.learning_rate),
-            (self.value_model, hp.value_learning_rate or hp.learning_rate),
+            (self.value_model or self.value_head, hp.value_learning_rate or hp.learning_rate),
         ):
             decay, no_decay = [], []
             for name, p in model.named_parameters():
@@ -377,11 +407,12 @@ class PPOModule(StageModule):
         # 1. sample responses, one random stream per prompt (same rollout with 1 or N processes)
         start = self._now()
         seeds = [sample_seed(hp.rollout_seed, self.iteration, int(i)) for i in batch["index"]]
-        responses = generate_responses(
-            self.model, prompt_ids, prompt_mask, seeds, max_new_tokens=hp.max_new_tokens,
-            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
-            temperature=hp.temperature, top_k=hp.top_k, top_p=hp.top_p,
-        )  # fmt: skip
+        with gathered(self.model) as policy:  # sharded weights gathered once, not at every decode step
+            responses = generate_responses(
+                policy, prompt_ids, prompt_mask, seeds, max_new_tokens=hp.max_new_tokens,
+                eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+                temperature=hp.temperature, top_k=hp.top_k, top_p=hp.top_p,
+            )  # fmt: skip
         time_generation = self._now() - start
         # 2. mask after the first EOS; the padded sequence the models read
         response_mask, has_eos = first_eos_mask(responses, self.tokenizer.eos_token_id)
@@ -395,15 +426,16 @@ class PPOModule(StageModule):
         if hp.no_eos_score is not None:
             scores = torch.where(has_eos, scores, torch.full_like(scores, hp.no_eos_score))
         chunk = hp.forward_batch_size or hp.micro_batch_size
-        logprobs, entropy = self._policy_logprobs_and_entropy(query_responses, attention_mask, response_len, chunk)
+        logprobs, entropy, values = self._policy_outputs(query_responses, attention_mask, response_len, chunk)
         with self.reference() as ref:
             ref_logprobs = in_chunks(
                 lambda q, a: response_logprobs(ref, q, a, response_len, hp.temperature)[0],
                 chunk, query_responses, attention_mask,
             )  # fmt: skip
-        values = in_chunks(
-            lambda q, a: token_values(self.value_model, q, a, response_len), chunk, query_responses, attention_mask
-        )
+        if values is None:
+            values = in_chunks(
+                lambda q, a: token_values(self.value_model, q, a, response_len), chunk, query_responses, attention_mask
+            )
         time_scoring = self._now() - start
         # 4. per-token rewards (score at the last token, KL on every token), GAE, whitening across ranks
         kl_coef = self.kl_controller.value
@@ -435,15 +467,17 @@ class PPOModule(StageModule):
         }
         return rollout, stats
 
-    def _policy_logprobs_and_entropy(
+    def _policy_outputs(
         self, query_responses: Tensor, attention_mask: Tensor, response_len: int, chunk: int
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Log-probs and entropy of the policy over the rollout, and the values when the value head is shared."""
         parts = [
             response_logprobs(self.model, query_responses[s], attention_mask[s], response_len,
-                              self.hparams.temperature, with_entropy=True)
+                              self.hparams.temperature, with_entropy=True, value_head=self.value_head)
             for s in (slice(i, i + chunk) for i in range(0, len(query_responses), chunk))
         ]  # fmt: skip
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        values = torch.cat([p[2] for p in parts]) if self.value_head is not None else None
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), values
 
     def score_responses(
         self, prompt_ids: Tensor, prompt_mask: Tensor, responses: Tensor, response_mask: Tensor
@@ -489,12 +523,13 @@ class PPOModule(StageModule):
         self.minibatch_stats = []
         for epoch in range(hp.ppo_epochs):
             for step, minibatch in enumerate(buffer.minibatches()):
-                n_tokens = sum(m.response_mask.sum() for m in minibatch)
+                n_tokens = self.minibatch_tokens(minibatch)
                 stream_step = (self.iteration * hp.ppo_epochs + epoch) * len(buffer) + step
                 ptx_batches = self.pretraining_micro_batches(stream_step, len(minibatch), rank, world)
+                ptx_tokens = self.ptx_tokens(ptx_batches)
                 stats: dict[str, float] = defaultdict(float)
                 for micro, ptx_batch in zip(minibatch, ptx_batches, strict=True):
-                    loss, micro_stats = self.micro_batch_loss(micro, n_tokens, ptx_batch, len(minibatch))
+                    loss, micro_stats = self.micro_batch_loss(micro, n_tokens, ptx_batch, ptx_tokens)
                     self.manual_backward(loss)
                     for key, value in micro_stats.items():
                         stats[key] += value
@@ -512,7 +547,11 @@ class PPOModule(StageModule):
         return stats
 
     def micro_batch_loss(
-        self, micro: Rollout, minibatch_tokens: Tensor, ptx_batch: dict[str, Tensor] | None, n_micro: int
+        self,
+        micro: Rollout,
+        minibatch_tokens: Tensor,
+        ptx_batch: dict[str, Tensor] | None = None,
+        ptx_tokens: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
         """This micro-batch's share of the minibatch loss: token means become sums over the minibatch's tokens.
 
@@ -522,9 +561,19 @@ class PPOModule(StageModule):
         """
         hp = self.hparams
         share = micro.response_mask.sum() / minibatch_tokens  # masked means -> minibatch token mean
-        logprobs, _ = response_logprobs(self.model, micro.query_responses, micro.attention_mask,
-                                        micro.response_len, hp.temperature)  # fmt: skip
-        values = token_values(self.value_model, micro.query_responses, micro.attention_mask, micro.response_len)
+        if self.value_head is not None:  # one forward for both losses
+            logprobs, _, values = response_logprobs(
+                self.model,
+                micro.query_responses,
+                micro.attention_mask,
+                micro.response_len,
+                hp.temperature,
+                value_head=self.value_head,
+            )
+        else:
+            logprobs, _ = response_logprobs(self.model, micro.query_responses, micro.attention_mask,
+                                            micro.response_len, hp.temperature)  # fmt: skip
+            values = token_values(self.value_model, micro.query_responses, micro.attention_mask, micro.response_len)
         policy_loss, policy_stats = core.clipped_policy_loss(
             logprobs, micro.logprobs, micro.advantages, micro.response_mask, hp.clip_range
         )
@@ -538,10 +587,28 @@ class PPOModule(StageModule):
             # PPO-ptx (InstructGPT eq. 2): gamma x the pretraining LM loss, in the same gradients.
             logits = self.model(input_ids=ptx_batch["input_ids"], attention_mask=ptx_batch["attention_mask"].long(),
                                 use_cache=False).logits  # fmt: skip
-            ptx_loss, _ = completion_loss(logits, ptx_batch["labels"])
-            loss = loss + hp.ptx_coef * ptx_loss / n_micro
-            stats["ptx_loss"] = float(ptx_loss.detach()) / n_micro
+            ptx_sum, _ = completion_loss(logits, ptx_batch["labels"], reduction="sum")
+            ptx_loss = ptx_sum / ptx_tokens  # this micro-batch's share of the minibatch's token mean
+            loss = loss + hp.ptx_coef * ptx_loss
+            stats["ptx_loss"] = float(ptx_loss.detach())
         return loss, stats
+
+    def minibatch_tokens(self, minibatch: list[Rollout]) -> Tensor:
+        """The minibatch's response tokens per process, averaged over processes.
+
+        DDP and FSDP2 average gradients over processes, so dividing each process's token sum by this mean gives the
+        mean over all the minibatch's tokens on all processes: 2 processes of 4 episodes train as 1 process of 8.
+        """
+        n_tokens = sum(m.response_mask.sum() for m in minibatch).float()
+        return self.all_reduce_sum(n_tokens) / self.trainer.world_size
+
+    def ptx_tokens(self, ptx_batches: list) -> Tensor | None:
+        """The pretraining tokens of one minibatch per process, averaged over processes (see
+        :meth:`minibatch_tokens`); None without PPO-ptx."""
+        if ptx_batches[0] is None:
+            return None
+        n_tokens = sum((b["labels"][:, 1:] != IGNORE_INDEX).sum() for b in ptx_batches).float()
+        return (self.all_reduce_sum(n_tokens) / self.trainer.world_size).clamp(min=1)
 
     def pretraining_micro_batches(self, step: int, n_micro: int, rank: int, world: int) -> list:
         """The pretraining micro-batches of one minibatch under PPO-ptx, else ``[None] * n_micro``."""
@@ -589,6 +656,7 @@ class PPOModule(StageModule):
         decay = self.hparams.ema_decay
         if decay is None:
             return
+        reshard(self.model)  # under FSDP2: read the updated shards, not a stale gathered copy
         params = self._policy_trainable()
         if self.ema_params is None:
             self.ema_params = [p.detach().clone() for p in params]
@@ -611,17 +679,23 @@ class PPOModule(StageModule):
         log_table(self, "ppo/samples", ["iteration", "prompt", "response", "score"], rows)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Whole tensors: under FSDP2 the entries outside the state dicts are saved by rank 0 alone, so a shard
+        # would lose the other ranks' parts. (full_tensor is a collective; every rank saves.)
+        ema = None if self.ema_params is None else [full_tensor(t).cpu() for t in self.ema_params]
         checkpoint["ppo"] = {
             "iteration": self.iteration,
             "kl_controller": self.kl_controller.state_dict(),
-            "ema_params": self.ema_params,
+            "ema_params": ema,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["ppo"]
         self.iteration = state["iteration"]
         self.kl_controller.load_state_dict(state["kl_controller"])
-        self.ema_params = state["ema_params"]
+        ema = state["ema_params"]
+        if ema is not None:  # each rank keeps its shard, laid out as the parameter it follows
+            ema = [shard_like(t, p) for t, p in zip(ema, self._policy_trainable(), strict=True)]
+        self.ema_params = ema
 
     def export(self):
         """Export the policy (its EMA weights when ``ema_decay`` is set) as a Hugging Face directory."""
@@ -631,6 +705,7 @@ class PPOModule(StageModule):
 
     @contextmanager
     def _ema_weights(self):
+        reshard(self.model)  # under FSDP2: write into the shards that the export gathers
         params = self._policy_trainable()
         saved = [p.detach().clone() for p in params]
         with torch.no_grad():

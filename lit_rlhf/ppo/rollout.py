@@ -159,16 +159,26 @@ def _chunks(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def response_logits(model: nn.Module, query_responses: Tensor, attention_mask: Tensor, response_len: int) -> Tensor:
-    """(batch, response_len, vocab) the logits that predict each response token (one forward, with grad if on)."""
+def response_logits(
+    model: nn.Module, query_responses: Tensor, attention_mask: Tensor, response_len: int, with_hidden: bool = False
+) -> Tensor | tuple[Tensor, Tensor]:
+    """(batch, response_len, vocab) the logits that predict each response token (one forward, with grad if on).
+
+    With ``with_hidden``, also the final hidden state at the same positions, (batch, response_len, hidden): what
+    a value head on the policy's backbone reads (``--model.value_model=shared``).
+    """
     out = model(
         input_ids=query_responses,
         attention_mask=attention_mask.long(),
         position_ids=position_ids_from_mask(attention_mask),
         logits_to_keep=response_len + 1,  # never materialise the logits of prompt positions
         use_cache=False,
+        output_hidden_states=with_hidden,
     )
-    return out.logits[:, :-1]
+    logits = out.logits[:, :-1]
+    if not with_hidden:
+        return logits
+    return logits, out.hidden_states[-1][:, -response_len - 1 : -1]
 
 
 def response_logprobs(
@@ -178,32 +188,65 @@ def response_logprobs(
     response_len: int,
     temperature: float,
     with_entropy: bool = False,
-) -> tuple[Tensor, Tensor | None]:
+    value_head: nn.Module | None = None,
+) -> tuple[Tensor, ...]:
     """Log-prob of each response token under ``softmax(logits / temperature)``.
 
     Args:
         query_responses: (batch, prompt_len + response_len) prompt and response tokens.
         attention_mask: same shape, bool, True on real tokens.
+        value_head: A value head on the policy's final hidden states; when given, the values of the same
+            forward are returned as a third tensor.
 
     Returns:
         logprobs: (batch, response_len).
         entropy: (batch, response_len) the entropy of the sampling distribution at each token, or None.
+        values: (batch, response_len), only when ``value_head`` is given.
     """
-    logits = response_logits(model, query_responses, attention_mask, response_len).float()
+    if value_head is None:
+        logits = response_logits(model, query_responses, attention_mask, response_len)
+    else:
+        logits, hidden = response_logits(model, query_responses, attention_mask, response_len, with_hidden=True)
+    logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
     logprobs = logprobs_from_logits(logits, query_responses[:, -response_len:])
-    return logprobs, entropy_from_logits(logits) if with_entropy else None
+    entropy = entropy_from_logits(logits) if with_entropy else None
+    if value_head is None:
+        return logprobs, entropy
+    return logprobs, entropy, value_head(hidden).squeeze(-1).float()
 
 
-def _backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """The transformer body and the score head of an ``AutoModelForSequenceClassification`` model."""
+def score_head_of(model: nn.Module) -> nn.Module:
+    """The score head of an ``AutoModelForSequenceClassification`` model (under peft too)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
     head = getattr(base, "score", None)
     if head is None:
         raise ValueError(f"{type(base).__name__} has no `score` head; the value/reward model must be a one-label "
                          "AutoModelForSequenceClassification (the reward-model stage writes one)")  # fmt: skip
-    return getattr(base, base.base_model_prefix), head
+    return head
+
+
+def per_position_scores(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """(batch, length) the score head of a sequence-classification model applied at every position.
+
+    The model is called whole (so that FSDP2's and DDP's hooks on its root run, and peft's wrappers apply) and the
+    head's output is read with a forward hook before the model pools it at the last token.
+    """
+    captured: list[Tensor] = []
+    handle = score_head_of(model).register_forward_hook(lambda module, args, output: captured.append(output))
+    try:
+        model(
+            input_ids=input_ids,
+            attention_mask=attention_mask.long(),
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+        )
+    finally:
+        handle.remove()
+    if len(captured) != 1 or captured[0].shape[:2] != input_ids.shape:
+        raise RuntimeError(f"{type(model).__name__}: expected its score head to run once over every position")
+    return captured[0].squeeze(-1).float()
 
 
 def token_values(model: nn.Module, query_responses: Tensor, attention_mask: Tensor, response_len: int) -> Tensor:
@@ -212,14 +255,7 @@ def token_values(model: nn.Module, query_responses: Tensor, attention_mask: Tens
     The score head of a sequence-classification model applied at every position (not only the last), read at the
     positions whose hidden state predicts each response token.
     """
-    backbone, head = _backbone_and_head(model)
-    hidden = backbone(
-        input_ids=query_responses,
-        attention_mask=attention_mask.long(),
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
-    ).last_hidden_state
-    return head(hidden[:, -response_len - 1 : -1]).squeeze(-1).float()
+    return per_position_scores(model, query_responses, attention_mask)[:, -response_len - 1 : -1]
 
 
 def score_at_last_token(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, last_index: Tensor) -> Tensor:
@@ -230,15 +266,8 @@ def score_at_last_token(model: nn.Module, input_ids: Tensor, attention_mask: Ten
         attention_mask: (batch, length) bool, True on real tokens.
         last_index: (batch,) long, the position whose hidden state is scored.
     """
-    backbone, head = _backbone_and_head(model)
-    hidden = backbone(
-        input_ids=input_ids,
-        attention_mask=attention_mask.long(),
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
-    ).last_hidden_state
-    picked = hidden[torch.arange(len(hidden), device=hidden.device), last_index]
-    return head(picked).squeeze(-1).float()
+    scores = per_position_scores(model, input_ids, attention_mask)
+    return scores[torch.arange(len(scores), device=scores.device), last_index]
 
 
 def in_chunks(fn, batch_size: int, *tensors: Tensor) -> Tensor:
