@@ -78,6 +78,15 @@ def test_ppo_prompts_pad_to_the_same_tensor(assets):
     assert max(len(r["input_ids"]) for r in rows) <= S.ppo_max_prompt_len
 
 
+def test_a_shared_value_head_is_listed_as_a_difference():
+    import dataclasses
+
+    names = [name for name, _ in compare.differences(S)]
+    assert "PPO value model" not in names  # the matched setting: a separate value model, as TRL's
+    shared = dataclasses.replace(S, ppo_value_model="shared")
+    assert "PPO value model" in [name for name, _ in compare.differences(shared)]
+
+
 def test_step_clock_times_only_the_steps_after_warmup():
     clock = compare.StepClock(warmup=1, steps=2)
     for stamp, counts in ((10.0, (99, 999)), (12.0, (4, 40)), (13.0, (4, 20))):

@@ -334,3 +334,43 @@ def test_fsdp2_checkpoint_resumes_as_an_unbroken_run_and_exports_one_directory(t
     for name in w_unbroken:
         torch.testing.assert_close(w_resumed[name], w_unbroken[name], atol=1e-4, rtol=0, msg=name)
     AutoModelForCausalLM.from_pretrained(tmp_path / "resumed" / "hf")  # a plain Hugging Face directory
+
+
+# --------------------------------------------------------------------------- generation on gathered weights
+
+
+def test_gathered_holds_an_fsdp2_model_whole_for_generation_then_shards_it_again(tokenizer_dir):
+    """Inside ``gathered`` every parameter is whole and stays whole across forwards (no per-step all-gather); on
+    leaving, every parameter is a shard again and the model gives the same tokens as before. One process, a mesh of
+    one: the bookkeeping is FSDP2's own whatever the mesh size (tests/test_ppo_ddp.py runs it on two)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from lit_rlhf.distributed import gathered, shard_model
+    from lit_rlhf.models import load_model, load_tokenizer
+
+    def dtensors(model) -> int:
+        return sum(type(p).__name__ == "DTensor" for p in model.parameters())
+
+    tok = load_tokenizer(str(tokenizer_dir))
+    torch.manual_seed(0)
+    model = load_model("scratch:gpt2", tok, model_config=TINY_GPT2)
+    prompt = torch.tensor([tok("reverse abc")["input_ids"]])
+    kwargs = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": tok.pad_token_id}
+    expected = model.generate(prompt, **kwargs)
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29531")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        shard_model(model, init_device_mesh("cpu", (1,)))
+        n_params = len(list(model.parameters()))
+        assert dtensors(model) == n_params
+        with gathered(model) as whole:
+            assert dtensors(whole) == 0
+            out = whole.generate(prompt, **kwargs)
+            assert dtensors(whole) == 0, "a forward inside must not reshard"
+        assert dtensors(model) == n_params, "sharded again on leaving"
+        assert torch.equal(out, expected)
+        assert torch.equal(model.generate(prompt, **kwargs), expected)  # the ordinary sharded path agrees
+    finally:
+        dist.destroy_process_group()

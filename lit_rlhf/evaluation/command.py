@@ -82,6 +82,11 @@ def evaluate_command(
     """
     from lit_rlhf.evaluation.evaluate import evaluate
 
+    if self.world_size > 1 or self.num_devices > 1:
+        # Nothing launches the other processes for a model-free subcommand: say so instead of implying a split.
+        print(f"[lit-rlhf] evaluate runs in one process on {self.strategy.root_device}; --trainer.devices="
+              f"{self.num_devices} and --trainer.strategy do not split the prompts (each policy is loaded whole, "
+              "one at a time)")  # fmt: skip
     logger = self.logger if self.is_global_zero else None
     return evaluate(
         policies,
