@@ -4,6 +4,9 @@ parsing, ``evaluate`` end to end on tiny exported policies, and the ``lit-rlhf e
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ import torch
 from lit_rlhf.evaluation import CallableJudge, EvalPrompt, RewardModelJudge, evaluate, judge_pairs, load_judge
 from lit_rlhf.evaluation import metrics as M
 from lit_rlhf.evaluation.stats import win_rate
-from tests.conftest import TINY_GPT2, reverse_records, run_cli, shared_data, write_jsonl
+from tests.conftest import REPO, TINY_GPT2, reverse_records, run_cli, shared_data, write_jsonl
 
 REQUIRED = {"win_rate", "win_rate_ci95", "rm_win_rate", "lm_loss", "kl_to_sft", "n"}
 
@@ -326,3 +329,47 @@ def test_real_benchmarks_run_through_evaluate(exported, tmp_path):
     )
     assert results["sft"]["truthfulqa_mc1"] in (0.0, 0.5, 1.0) and results["sft"]["gsm8k_accuracy"] in (0.0, 0.5, 1.0)
     assert results["sft"]["win_rate"] is None and results["sft"]["n"] == 2
+
+
+# --------------------------------------------------------------------------- several processes
+
+
+def _cli_evaluate(exported, out, *flags: str) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable, "-m", "lit_rlhf.cli", "evaluate",
+        "--policies", f"{{sft: {exported['sft']}, ppo: {exported['ppo']}}}",
+        "--prompts_file", str(exported["prompts"]), "--pretraining_file", str(exported["text"]),
+        "--rm_dir", str(exported["rm"]), "--response_metrics", "{olleh_rate: tests.test_evaluation:says_olleh}",
+        "--output_dir", str(out), "--max_examples", "11", "--max_new_tokens", "6",
+        "--trainer.accelerator=cpu", "--trainer.logger=false", *flags,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_processes_evaluate_as_one_process(exported, tmp_path, strategy):
+    """11 prompts and 6 texts over 2 processes (uneven shares): greedy responses, win rates and every figure equal
+    one process's (float round-off from other batch paddings: 1e-5)."""
+    one = _cli_evaluate(exported, tmp_path / "one", "--judge", "tests.test_evaluation:longer_judge")
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _cli_evaluate(exported, tmp_path / "two", "--judge", "tests.test_evaluation:longer_judge",
+                        "--trainer.devices=2", f"--trainer.strategy={strategy}")  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    r1 = json.loads((tmp_path / "one" / "results.json").read_text())
+    r2 = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert (tmp_path / "one" / "samples.jsonl").read_text() == (tmp_path / "two" / "samples.jsonl").read_text()
+    assert r1.keys() == r2.keys() and r1["ppo"]["n"] == 11
+    for name in r1:
+        assert r1[name].keys() == r2[name].keys()
+        for key, value in r1[name].items():
+            assert r2[name][key] == (pytest.approx(value, abs=1e-5) if value is not None else None), (name, key)
+    assert r1["ppo"]["lm_loss"] > 0 and r1["ppo"]["kl_to_sft"] > 0
+
+
+def test_a_bad_judge_stops_every_process(exported, tmp_path):
+    proc = _cli_evaluate(exported, tmp_path / "out", "--judge", "tests.test_evaluation:no_such_judge",
+                         "--trainer.devices=2", "--trainer.strategy=ddp")  # fmt: skip
+    assert proc.returncode != 0
+    assert "no_such_judge" in proc.stderr
+    assert not (tmp_path / "out").exists()

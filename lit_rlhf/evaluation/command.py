@@ -3,6 +3,7 @@ subcommand's options from its signature and its docstring becomes ``--help``).""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import lightning as L
@@ -41,8 +42,9 @@ def evaluate_command(
     """Evaluate policies against a baseline on held-out prompts: win rates (95% CI), KL, alignment tax.
 
     Writes results.json, win_rates.png, table.txt, samples.jsonl and settings.json into --output_dir and logs them
-    to --trainer.logger (W&B, offline without a key; false for none). Runs on --trainer.accelerator's device.
-    Needs no --model or --data.
+    to --trainer.logger (W&B, offline without a key; false for none). Runs on --trainer.accelerator's device;
+    with --trainer.devices=N (--trainer.strategy=ddp or fsdp2) N processes split the prompts and examples, each
+    holding whole models (greedy results equal one process's). Needs no --model or --data.
 
     Args:
         model: Unused (LightningCLI passes it to every subcommand).
@@ -82,15 +84,10 @@ def evaluate_command(
     """
     from lit_rlhf.evaluation.evaluate import evaluate
 
-    if self.world_size > 1 or self.num_devices > 1:
-        # Nothing launches the other processes for a model-free subcommand: say so instead of implying a split.
-        print(f"[lit-rlhf] evaluate runs in one process on {self.strategy.root_device}; --trainer.devices="
-              f"{self.num_devices} and --trainer.strategy do not split the prompts (each policy is loaded whole, "
-              "one at a time)")  # fmt: skip
     logger = self.logger if self.is_global_zero else None
-    return evaluate(
-        policies,
-        prompts_file,
+    kwargs = dict(
+        policies=policies,
+        prompts_file=prompts_file,
         baseline=baseline,
         judge=judge,
         output_dir=output_dir,
@@ -111,9 +108,42 @@ def evaluate_command(
         template=template,
         lm_max_length=lm_max_length,
         shuffle_positions=shuffle_positions,
-        device=self.strategy.root_device,
         logger=logger,
     )
+    if self.world_size == 1:
+        return evaluate(**kwargs, device=self.strategy.root_device)
+    # --trainer.devices=N with ddp or fsdp2: N processes (started by the strategy's launcher, as for fit), each
+    # generating for every N-th prompt with whole models; rank 0 judges and writes.
+    # (No launcher where the processes were started outside: torchrun, SLURM, or this being a launched child.)
+    launcher = self.strategy.launcher
+    if launcher is None:
+        return _evaluate_in_processes(self, kwargs)
+    return launcher.launch(_evaluate_in_processes, self, kwargs, trainer=self)
+
+
+def _evaluate_in_processes(trainer: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    import torch.distributed as dist
+
+    from lit_rlhf.evaluation.evaluate import evaluate
+
+    strategy = trainer.strategy  # ddp or fsdp2: the ranks as Lightning's launcher or torchrun/SLURM set them
+    rank = strategy.node_rank * strategy.num_processes + strategy.local_rank
+    world = strategy.num_nodes * strategy.num_processes
+    env = strategy.cluster_environment
+    env.set_global_rank(rank)
+    env.set_world_size(world)
+    if strategy.root_device.type == "cuda":
+        import torch
+
+        torch.cuda.set_device(strategy.root_device)
+    os.environ.setdefault("MASTER_ADDR", env.main_address)
+    os.environ.setdefault("MASTER_PORT", str(env.main_port))
+    dist.init_process_group("nccl" if strategy.root_device.type == "cuda" else "gloo", rank=rank, world_size=world)
+    try:
+        return evaluate(**kwargs, device=trainer.strategy.root_device)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 __all__ = ["evaluate_command"]

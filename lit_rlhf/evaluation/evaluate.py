@@ -7,6 +7,11 @@ Outputs (written atomically into ``output_dir``):
 * ``table.txt``: the terminal table;
 * ``samples.jsonl``: each prompt with every policy's response;
 * ``settings.json``: the options, the judge and the policy directories.
+
+Under several processes (``lit-rlhf evaluate --trainer.devices=N --trainer.strategy=ddp|fsdp2``, or any initialised
+``torch.distributed`` group), every process loads each policy whole and takes every N-th prompt, text, question and
+probe; the figures are combined with their weights (examples, or tokens for the LM loss), so greedy decoding gives
+the single-process results; rank 0 judges all responses and writes the outputs.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +39,50 @@ log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 PLOT_FILE = "win_rates.png"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of the evaluation: every ``world``-th item from ``rank``."""
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def current(cls) -> Shard:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            return cls(dist.get_rank(), dist.get_world_size())
+        return cls()
+
+    def take(self, items: Sequence | None) -> list | None:
+        return None if items is None else list(items)[self.rank :: self.world]
+
+    def gather(self, obj: Any) -> list[Any]:
+        """``obj`` of every rank, in rank order (a collective)."""
+        if self.world == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def unshard(self, parts: list[list]) -> list:
+        """The items of every rank's :meth:`take` back in their original order."""
+        merged: list = [None] * sum(len(p) for p in parts)
+        for rank, part in enumerate(parts):
+            merged[rank :: self.world] = part
+        return merged
+
+
+def _weighted(value_weight: list[tuple[float | None, float]]) -> float | None:
+    """Combine per-process means by their weights (examples, or tokens); None when no process had any."""
+    total = sum(w for v, w in value_weight if v is not None)
+    if total == 0:
+        return None
+    return sum(v * w for v, w in value_weight if v is not None) / total
 
 
 def check_options(
@@ -113,54 +163,89 @@ def evaluate(
              "--fewshot_file": fewshot_file}  # fmt: skip
     check_options(policies, baseline, prompts_file, rm_dir, files, max_examples, max_new_tokens, temperature)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    shard = Shard.current()
     prompts = load_eval_prompts(prompts_file, max_examples)
     texts = M.read_texts(pretraining_file, max_examples) if pretraining_file else None
     truthfulqa = M.parse_truthfulqa(truthfulqa_file, max_examples) if truthfulqa_file else None
     gsm8k = M.parse_gsm8k(gsm8k_file, max_examples) if gsm8k_file else None
     fewshot = M.read_fewshot(fewshot_file, max_examples) if fewshot_file else None
     extra_metrics = M.resolve_response_metrics(response_metrics)
-    the_judge = load_judge(judge, device=device) if judge is not None else None
-    rm_judge = _rm_judge(the_judge, rm_dir, device)
+    the_judge = rm_judge = problem = None
+    if shard.rank == 0:  # only rank 0 judges
+        try:
+            the_judge = load_judge(judge, device=device) if judge is not None else None
+            rm_judge = _rm_judge(the_judge, rm_dir, device)
+        except Exception as e:  # every rank must stop, not wait for rank 0 at the first collective
+            problem = e
+    problems = shard.gather(None if problem is None else f"{type(problem).__name__}: {problem}")
+    if problem is not None:
+        raise problem
+    if problems[0] is not None:
+        raise RuntimeError(f"evaluate: rank 0 could not load the judge ({problems[0]})")
 
-    # 2. Generate with every policy (baseline first: each other policy's KL is measured against it).
+    # 2. Generate with every policy (baseline first: each other policy's KL is measured against it), on this
+    # process's share of the prompts and examples; each figure is kept with its weight.
+    my_prompts, my_texts = shard.take(prompts), shard.take(texts)
+    my_truthfulqa, my_gsm8k, my_fewshot = shard.take(truthfulqa), shard.take(gsm8k), shard.take(fewshot)
     order = [baseline, *[n for n in policies if n != baseline]]
     base_model, base_tokenizer = M.load_policy(policies[baseline], device)
     kl_key = f"kl_to_{baseline}"
-    results: dict[str, dict[str, Any]] = {}
-    responses: dict[str, list[str]] = {}
+    local: dict[str, dict[str, tuple[float | None, float]]] = {}
+    local_responses: dict[str, list[str]] = {}
     gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
-                      seed=seed, batch_size=batch_size, template=template)  # fmt: skip
+                      seed=seed + shard.rank, batch_size=batch_size, template=template)  # fmt: skip
     for name in order:
-        log.info("evaluate: generating with %s (%s) on %d prompts", name, policies[name], len(prompts))
+        log.info("evaluate: generating with %s (%s) on %d prompts", name, policies[name], len(my_prompts))
         model, tokenizer = (base_model, base_tokenizer) if name == baseline else M.load_policy(policies[name], device)
-        generations = M.generate(model, tokenizer, prompts, **gen_kwargs)
-        responses[name] = [g.text for g in generations]
-        figures: dict[str, Any] = {
-            "n": len(prompts),
-            "response_tokens": sum(len(g.response_ids) for g in generations) / len(generations),
-            "eos_rate": sum(g.ended for g in generations) / len(generations),
+        generations = M.generate(model, tokenizer, my_prompts, **gen_kwargs) if my_prompts else []
+        local_responses[name] = [g.text for g in generations]
+        n = len(generations)
+        figures: dict[str, tuple[float | None, float]] = {
+            "response_tokens": (sum(len(g.response_ids) for g in generations) / n if n else None, n),
+            "eos_rate": (sum(g.ended for g in generations) / n if n else None, n),
         }
         if name == baseline:
-            figures[kl_key] = 0.0
+            figures[kl_key] = (0.0, 1)
         elif M.same_vocabulary(tokenizer, base_tokenizer):
-            figures[kl_key] = M.kl_to_baseline(model, base_model, generations, tokenizer.pad_token_id, batch_size)
+            kl = M.kl_to_baseline(model, base_model, generations, tokenizer.pad_token_id, batch_size) if n else None
+            figures[kl_key] = (kl, n)
         else:
             log.warning("evaluate: %s and %s have different vocabularies; no KL between them", name, baseline)
-            figures[kl_key] = None
-        figures["lm_loss"] = M.lm_loss(model, tokenizer, texts, lm_max_length, batch_size) if texts else None
-        figures["fewshot_accuracy"] = (
-            M.fewshot_accuracy(model, tokenizer, fewshot, batch_size=batch_size) if fewshot else None
-        )
-        if truthfulqa:
-            figures["truthfulqa_mc1"] = M.mc_accuracy(model, tokenizer, truthfulqa, template, batch_size)
-        if gsm8k:
-            figures["gsm8k_accuracy"] = M.gsm8k_accuracy(
-                model, tokenizer, gsm8k, gsm8k_max_new_tokens, template, batch_size
+            figures[kl_key] = (None, 0)
+        if my_texts:
+            figures["lm_loss"] = M.lm_loss(model, tokenizer, my_texts, lm_max_length, batch_size, return_count=True)
+        if my_fewshot:
+            figures["fewshot_accuracy"] = (M.fewshot_accuracy(model, tokenizer, my_fewshot, batch_size=batch_size),
+                                           len(my_fewshot))  # fmt: skip
+        if my_truthfulqa:
+            figures["truthfulqa_mc1"] = (M.mc_accuracy(model, tokenizer, my_truthfulqa, template, batch_size),
+                                         len(my_truthfulqa))  # fmt: skip
+        if my_gsm8k:
+            figures["gsm8k_accuracy"] = (
+                M.gsm8k_accuracy(model, tokenizer, my_gsm8k, gsm8k_max_new_tokens, template, batch_size),
+                len(my_gsm8k),
             )
-        results[name] = figures
+        local[name] = figures
         if name != baseline:
             del model
     del base_model
+
+    # Combine the processes' figures (every rank takes part; rank 0 goes on alone).
+    all_figures, all_responses = shard.gather(local), shard.gather(local_responses)
+    if shard.rank != 0:
+        return {}
+    responses = {name: shard.unshard([r[name] for r in all_responses]) for name in order}
+    keys = {"lm_loss": texts, "fewshot_accuracy": fewshot, "truthfulqa_mc1": truthfulqa, "gsm8k_accuracy": gsm8k}
+    results: dict[str, dict[str, Any]] = {}
+    for name in order:
+        figures = {"n": len(prompts)}
+        for key in ("response_tokens", "eos_rate", kl_key, *keys):
+            if key in keys and not keys[key]:
+                if key in ("lm_loss", "fewshot_accuracy"):
+                    figures[key] = None  # always reported, None when not asked
+                continue
+            figures[key] = _weighted([f[name].get(key, (None, 0)) for f in all_figures])
+        results[name] = figures
 
     # 3. Judge each policy's responses against the baseline's, and measure the response metrics.
     for name in order:

@@ -227,9 +227,10 @@ def lm_loss(
     texts: Sequence[str],
     max_length: int = 512,
     batch_size: int = 16,
-) -> float:
+    return_count: bool = False,
+) -> float | tuple[float, int]:
     """Token-mean next-token cross-entropy (nats) on ``texts``, each followed by EOS and cut to ``max_length`` (and to
-    the model's context)."""
+    the model's context); with ``return_count``, also the number of tokens it averages over."""
     max_length = min(max_length, context_length(model) or max_length)
     seqs = [
         (tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])[:max_length] for t in texts
@@ -247,7 +248,7 @@ def lm_loss(
         targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
         total += F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), reduction="sum").item()
         count += int((targets != -100).sum())
-    return total / count
+    return (total / count, count) if return_count else total / count
 
 
 # --------------------------------------------------------------------------- TruthfulQA MC1
