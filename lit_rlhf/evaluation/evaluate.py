@@ -231,10 +231,11 @@ def evaluate(
     del base_model
 
     # Combine the processes' figures (every rank takes part; rank 0 goes on alone).
-    all_figures, all_responses = shard.gather(local), shard.gather(local_responses)
+    gathered = shard.gather((local, local_responses))
     if shard.rank != 0:
         return {}
-    responses = {name: shard.unshard([r[name] for r in all_responses]) for name in order}
+    all_figures = [figures for figures, _ in gathered]
+    responses = {name: shard.unshard([r[name] for _, r in gathered]) for name in order}
     keys = {"lm_loss": texts, "fewshot_accuracy": fewshot, "truthfulqa_mc1": truthfulqa, "gsm8k_accuracy": gsm8k}
     results: dict[str, dict[str, Any]] = {}
     for name in order:

@@ -561,19 +561,10 @@ class PPOModule(StageModule):
         """
         hp = self.hparams
         share = micro.response_mask.sum() / minibatch_tokens  # masked means -> minibatch token mean
-        if self.value_head is not None:  # one forward for both losses
-            logprobs, _, values = response_logprobs(
-                self.model,
-                micro.query_responses,
-                micro.attention_mask,
-                micro.response_len,
-                hp.temperature,
-                value_head=self.value_head,
-            )
-        else:
-            logprobs, _ = response_logprobs(self.model, micro.query_responses, micro.attention_mask,
-                                            micro.response_len, hp.temperature)  # fmt: skip
-            values = token_values(self.value_model, micro.query_responses, micro.attention_mask, micro.response_len)
+        q, a, n = micro.query_responses, micro.attention_mask, micro.response_len
+        outputs = response_logprobs(self.model, q, a, n, hp.temperature, value_head=self.value_head)
+        logprobs = outputs[0]  # with a shared value head the same forward gives the values too
+        values = outputs[2] if self.value_head is not None else token_values(self.value_model, q, a, n)
         policy_loss, policy_stats = core.clipped_policy_loss(
             logprobs, micro.logprobs, micro.advantages, micro.response_mask, hp.clip_range
         )

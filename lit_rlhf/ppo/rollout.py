@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from lit_rlhf.ppo.core import entropy_from_logits, logprobs_from_logits
+from lit_rlhf.reward import score_head
 
 
 def sample_seed(seed: int, iteration: int, prompt_index: int) -> int:
@@ -217,16 +218,6 @@ def response_logprobs(
     return logprobs, entropy, value_head(hidden).squeeze(-1).float()
 
 
-def score_head_of(model: nn.Module) -> nn.Module:
-    """The score head of an ``AutoModelForSequenceClassification`` model (under peft too)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
-    head = getattr(base, "score", None)
-    if head is None:
-        raise ValueError(f"{type(base).__name__} has no `score` head; the value/reward model must be a one-label "
-                         "AutoModelForSequenceClassification (the reward-model stage writes one)")  # fmt: skip
-    return head
-
-
 def per_position_scores(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """(batch, length) the score head of a sequence-classification model applied at every position.
 
@@ -234,7 +225,7 @@ def per_position_scores(model: nn.Module, input_ids: Tensor, attention_mask: Ten
     head's output is read with a forward hook before the model pools it at the last token.
     """
     captured: list[Tensor] = []
-    handle = score_head_of(model).register_forward_hook(lambda module, args, output: captured.append(output))
+    handle = score_head(model).register_forward_hook(lambda module, args, output: captured.append(output))
     try:
         model(
             input_ids=input_ids,
