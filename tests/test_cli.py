@@ -122,7 +122,10 @@ def test_model_directory_without_a_separate_tokenizer_option(tmp_path, tokenizer
     cfg = yaml.safe_load(_config(tmp_path, Path("unused")).read_text())
     cfg["model"]["init_args"] = {"model_name_or_path": str(model_dir), "num_sample_prompts": 0}
     # hparams are merged when a logger records them
-    cfg["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path)}}
+    cfg["trainer"]["logger"] = {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": str(tmp_path)},
+    }
     (tmp_path / "dir.yaml").write_text(yaml.safe_dump(cfg))
     run_cli(["fit", "-c", str(tmp_path / "dir.yaml"), "--model.export_dir", str(tmp_path / "out")])
     assert read_export_metadata(tmp_path / "out")["stage"] == "sft"

@@ -13,10 +13,12 @@ from lit_rlhf.world import build as build_module
 from lit_rlhf.world import build_world, render_example
 from lit_rlhf.world.tasks import (
     DEFAULT_KINDS,
+    RL_FRACTION,
     TASK_KINDS,
     WORDS,
     canonical_inputs,
     human_mistake,
+    input_pool,
     is_heldout,
     make_task,
     sample_tasks,
@@ -103,6 +105,21 @@ def test_split_is_disjoint_and_covers_every_kind():
         assert train | heldout == set(canonical_inputs(kind))
     assert all(not is_heldout(t.key) for t in sample_tasks(random.Random(0), 200, heldout=False))
     assert all(is_heldout(t.key) for t in sample_tasks(random.Random(0), 200, heldout=True))
+
+
+def test_training_split_has_an_sft_pool_and_an_rl_pool():
+    for kind in TASK_KINDS:
+        sft, rl = set(split_inputs(kind, False, "sft")), set(split_inputs(kind, False, "rl"))
+        assert sft and rl and not sft & rl, kind
+        assert sft | rl == set(split_inputs(kind, False)), kind
+        assert all(input_pool(key) == "heldout" for key in split_inputs(kind, True)), kind
+    keys = [key for kind in TASK_KINDS for key in split_inputs(kind, False)]
+    share = sum(input_pool(key) == "rl" for key in keys) / len(keys)
+    assert abs(share - RL_FRACTION) < 0.05, share
+    assert all(input_pool(t.key) == "rl" for t in sample_tasks(random.Random(0), 200, heldout=False, pool="rl"))
+    assert all(input_pool(t.key) == "sft" for t in sample_tasks(random.Random(0), 200, heldout=False, pool="sft"))
+    with pytest.raises(ValueError, match="pool 'rl' is not a part of the held-out split"):
+        split_inputs("reverse", True, "rl")
 
 
 def _spelled_word(prompt: str) -> str:

@@ -33,7 +33,15 @@ from lit_rlhf.world.labelers import (
     strip_fillers,
     world_task,
 )
-from lit_rlhf.world.tasks import FAMILY_KINDS, WORLD_KINDS, human_mistake, make_task, sample_tasks, split_inputs
+from lit_rlhf.world.tasks import (
+    FAMILY_KINDS,
+    WORLD_KINDS,
+    human_mistake,
+    input_pool,
+    make_task,
+    sample_tasks,
+    split_inputs,
+)
 from lit_rlhf.world.toxicity import toxic_words
 from lit_rlhf.world.truthfulness import UNKNOWN_ANSWER
 
@@ -80,6 +88,12 @@ def test_world_with_families_is_reproducible_and_mixes_every_kind(world, tmp_pat
     train_prompts = {r["prompt"] for r in _read(world.sft_train)} | {r["prompt"] for r in ppo}
     train_prompts |= {r["prompt"] for r in _read(world.comparison_prompts_train)}
     assert not train_prompts & {r["prompt"] for r in heldout}
+    # InstructGPT's SFT, RM and PPO prompt sets are separate: comparisons and PPO use inputs no demonstration has.
+    demonstrated = {world_task(r).key for r in _read(world.sft_train) + _read(world.sft_val)}
+    rl_records = ppo + _read(world.comparison_prompts_train)
+    assert all(input_pool(key) == "sft" for key in demonstrated)
+    assert all(input_pool(world_task(r).key) == "rl" for r in rl_records)
+    assert not demonstrated & {world_task(r).key for r in rl_records}
     # RM validation prompts are on held-out inputs, like eval/heldout.jsonl.
     val = _read(world.comparison_prompts_val)
     assert len(val) == SMALL_COUNTS["n_comparison_val_prompts"]
@@ -102,11 +116,12 @@ def test_demonstration_flaws_land_near_their_rates(world):
     train = _read(world.sft_train)
     flawed = sum(quality(r, r["completion"]) < 1.0 for r in train) / len(train)
     assert 0.06 < flawed < 0.22, flawed  # HUMAN_FLAWS: about 13% in the default mix
-    # SFT still sees the exact answer most of the time on every kind.
+    # SFT still sees the exact answer most of the time on every kind (toxicity's rate is about 0.66: 0.25 toxic, and
+    # the other flaws; 0.5 leaves room for ~25 records a kind).
     for kind in WORLD_KINDS:
         rows = [r for r in train if world_task(r).kind == kind]
         if rows:
-            assert sum(quality(r, r["completion"]) == 1.0 for r in rows) / len(rows) > 0.6, kind
+            assert sum(quality(r, r["completion"]) == 1.0 for r in rows) / len(rows) > 0.5, kind
 
 
 def test_each_flaw_knob_changes_only_its_flaw():

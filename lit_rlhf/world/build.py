@@ -5,11 +5,15 @@ Layout of ``out_dir``::
     sft/train.jsonl, sft/val.jsonl    {"prompt", "completion"} demonstrations (flawed at the demo_* rates)
     eval/heldout.jsonl                {"prompt", "completion", "kind", "difficulty"} held-out prompts, exact answers
     corpus/train.jsonl, corpus/val.jsonl   {"text"} pretraining documents
-    ppo/prompts.jsonl                 {"prompt"} training-split prompts for PPO
-    comparisons/train_prompts.jsonl   {"prompt", "completion", "kind"} training-split prompts to collect comparisons
+    ppo/prompts.jsonl                 {"prompt"} RL-pool prompts for PPO
+    comparisons/train_prompts.jsonl   {"prompt", "completion", "kind"} RL-pool prompts to collect comparisons
     comparisons/val_prompts.jsonl     the same on held-out-split prompts (RM validation)
     tokenizer/                        byte-level BPE trained on the corpus and the rendered demonstrations
     world.json                        the parameters and seed; written last
+
+Inputs are split three ways by a stable hash (``tasks.input_pool``), as InstructGPT's SFT, RM and PPO prompt sets
+are separate: demonstrations use the SFT pool only; comparison and PPO prompts the RL pool (inputs SFT never saw);
+evaluation and RM validation the held-out split.
 
 Every prompt file mixes the same kinds (``kinds``): the operations of ``tasks.py`` and, by default, the
 truthfulness (``closed_qa``, ``unanswerable``) and toxicity (``toxicity``, ``toxicity_respectful``) families,
@@ -31,7 +35,8 @@ The 2-core machine was shared with other jobs, so steps are the reliable unit; u
         add 0.27, sort 0.20, subtract 0.00
 
 (Measured on world version 1, operations only. Version 2's default kinds add four families, so operations are
-8/12 of the demonstrations instead of all of them.) The single-token answers are learned; the multi-letter copies (uppercase, repeat, reverse, sort) were still
+8/12 of the demonstrations instead of all of them; version 3 demonstrates only the SFT pool, 75% of the training
+inputs.) The single-token answers are learned; the multi-letter copies (uppercase, repeat, reverse, sort) were still
 rising steeply (completion loss 0.55 and falling), and subtraction did not generalise to its 11 held-out pairs,
 so it is left out of the default kinds. The 70% target after two minutes is NOT yet demonstrated.
 
@@ -57,13 +62,14 @@ from lit_rlhf.world.tasks import (
     DEFAULT_KINDS,
     FAMILY_KINDS,
     HELDOUT_FRACTION,
+    RL_FRACTION,
     TASK_KINDS,
     WORLD_KINDS,
     Task,
     sample_tasks,
 )
 
-WORLD_VERSION = 2
+WORLD_VERSION = 3
 """Bumped whenever the generators change what a given seed produces, so old worlds are rebuilt."""
 MANIFEST = "world.json"
 WORLD_DEFAULT_KINDS: tuple[str, ...] = DEFAULT_KINDS + FAMILY_KINDS
@@ -93,8 +99,8 @@ class WorldFiles:
         corpus_val: Validation documents, same format.
         tokenizer: A Hugging Face tokenizer directory.
         manifest: ``world.json``, the parameters the world was built with.
-        ppo_prompts: Training-split prompts for PPO, ``{"prompt"}`` JSONL.
-        comparison_prompts_train: Training-split prompts to sample and rank, ``{"prompt", "completion", "kind"}``.
+        ppo_prompts: RL-pool prompts for PPO, ``{"prompt"}`` JSONL.
+        comparison_prompts_train: RL-pool prompts to sample and rank, ``{"prompt", "completion", "kind"}``.
         comparison_prompts_val: Held-out-split prompts to sample and rank for RM validation, same format.
     """
 
@@ -218,8 +224,8 @@ def build_world(
     Args:
         out_dir: The world directory.
         seed: Seeds every random choice; same seed and parameters give byte-identical files.
-        n_train: SFT training demonstrations (training-split inputs, repeats allowed).
-        n_val: SFT validation demonstrations (training-split inputs: validation measures fit, not generalisation).
+        n_train: SFT training demonstrations (SFT-pool inputs, repeats allowed).
+        n_val: SFT validation demonstrations (SFT-pool inputs: validation measures fit, not generalisation).
         n_heldout: Held-out tasks (held-out inputs only, never in any other file).
         n_corpus: Pretraining documents; a further ``max(1, n_corpus // 20)`` are written as corpus validation.
         vocab_size: Tokenizer vocabulary size, the 256 bytes and 2 special tokens included.
@@ -233,8 +239,8 @@ def build_world(
         demo_invent_rate: Probability that a demonstration of an ``unanswerable`` question invents an answer.
             The demo_* rates are 0 by default (exact demonstrations, as in version 1); ``labelers.HUMAN_FLAWS``
             holds human-like rates (about 13% of demonstrations flawed) for the pipeline.
-        n_ppo_prompts: Training-split prompts written to ``ppo/prompts.jsonl``.
-        n_comparison_prompts: Training-split prompts written for comparison collection (RM training).
+        n_ppo_prompts: RL-pool prompts (inputs no demonstration uses) written to ``ppo/prompts.jsonl``.
+        n_comparison_prompts: RL-pool prompts written for comparison collection (RM training).
         n_comparison_val_prompts: Held-out-split prompts written for comparison collection (RM validation).
 
     Returns:
@@ -272,7 +278,7 @@ def build_world(
         flaws = _flaws(params)
         train, val = (
             demonstrations(
-                sample_tasks(stream(f"sft/{split}"), n, heldout=False, kinds=task_kinds),
+                sample_tasks(stream(f"sft/{split}"), n, heldout=False, kinds=task_kinds, pool="sft"),
                 stream(f"err/{split}"),
                 demo_error_rate,
                 stream(f"flaws/{split}"),
@@ -286,11 +292,15 @@ def build_world(
             {"prompt": t.prompt, "completion": t.answer, "kind": t.kind, "difficulty": t.difficulty}
             for t in sample_tasks(stream("eval/heldout"), n_heldout, heldout=True, kinds=task_kinds)
         ]
-        ppo_prompts = [{"prompt": t.prompt} for t in sample_tasks(stream("ppo"), n_ppo_prompts, False, task_kinds)]
+        ppo_prompts = [
+            {"prompt": t.prompt} for t in sample_tasks(stream("ppo"), n_ppo_prompts, False, task_kinds, pool="rl")
+        ]
         comparison_prompts = {
             split: [
                 {"prompt": t.prompt, "completion": t.answer, "kind": t.kind}
-                for t in sample_tasks(stream(f"comparisons/{split}"), n, heldout=split == "val", kinds=task_kinds)
+                for t in sample_tasks(
+                    stream(f"comparisons/{split}"), n, split == "val", task_kinds, pool=None if split == "val" else "rl"
+                )
             ]
             for split, n in (("train", n_comparison_prompts), ("val", n_comparison_val_prompts))
         }
@@ -316,6 +326,7 @@ def build_world(
             "params": params,
             "task_kinds": list(task_kinds),
             "heldout_fraction": HELDOUT_FRACTION,
+            "rl_fraction": RL_FRACTION,
             "files": {k: str(Path(v).relative_to(tmp)) for k, v in asdict(tmp_files).items() if k != "root"},
         }
         # Written last: its presence (with these params) marks a finished world.

@@ -10,6 +10,12 @@ The world's other requests, truthfulness (``truthfulness.py``) and toxicity (``t
 The held-out split is a property of the world, not of the seed: a task's canonical input (its kind and operand) is
 hashed, and a fixed fraction of inputs is held out. Training data never contains a held-out input, so held-out
 accuracy measures generalisation to unseen inputs, not recall.
+
+The same hash splits the training inputs once more, as InstructGPT's SFT, RM and PPO datasets are separate prompt
+sets: a share (:data:`RL_FRACTION`) is kept for the RLHF stages (comparison collection and PPO prompts) and never
+demonstrated, so the SFT policy meets those prompts unseen, as it meets the held-out ones. Without it the RM and PPO
+would work on prompts the SFT model has memorised, where its samples are nearly all right: little for labelers to
+rank and nothing for PPO to improve.
 """
 
 from __future__ import annotations
@@ -22,6 +28,10 @@ from typing import Any
 
 HELDOUT_FRACTION = 0.2
 """Share of canonical inputs (per kind) reserved for evaluation."""
+RL_FRACTION = 0.25
+"""Share of the training-split inputs kept for the RLHF stages (comparisons and PPO prompts), never demonstrated."""
+POOLS = ("sft", "rl", "heldout")
+"""Where a canonical input is used: SFT demonstrations, the RLHF stages' prompts, or evaluation only."""
 
 NOUNS = (
     "cat dog cow pig hen fox owl bat rat ant bee elk yak emu ape eel cod "
@@ -81,10 +91,26 @@ def spell(word: str) -> str:
     return " ".join(word)
 
 
+def _unit_hash(key: str) -> float:
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def is_heldout(key: str, fraction: float = HELDOUT_FRACTION) -> bool:
     """Whether the canonical input ``key`` belongs to the held-out split (a stable hash, independent of seeds)."""
-    digest = hashlib.sha256(key.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+    return _unit_hash(key) < fraction
+
+
+def input_pool(key: str) -> str:
+    """The pool of :data:`POOLS` the canonical input ``key`` belongs to (a stable hash, independent of seeds).
+
+    ``"heldout"`` exactly where :func:`is_heldout`; of the rest, :data:`RL_FRACTION` is ``"rl"`` and the others
+    ``"sft"``.
+    """
+    u = _unit_hash(key)
+    if u < HELDOUT_FRACTION:
+        return "heldout"
+    return "rl" if u < HELDOUT_FRACTION + RL_FRACTION * (1 - HELDOUT_FRACTION) else "sft"
 
 
 def _word_difficulty(word: str) -> int:
@@ -181,9 +207,19 @@ def canonical_inputs(kind: str) -> list[str]:
     raise ValueError(f"unknown task kind {kind!r}; use one of {WORLD_KINDS}")
 
 
-def split_inputs(kind: str, heldout: bool) -> list[str]:
-    """The canonical inputs of ``kind`` in the held-out split (``heldout=True``) or the training split."""
-    return [key for key in canonical_inputs(kind) if is_heldout(key) == heldout]
+def split_inputs(kind: str, heldout: bool, pool: str | None = None) -> list[str]:
+    """The canonical inputs of ``kind`` in the held-out split (``heldout=True``) or the training split.
+
+    Args:
+        pool: With ``heldout=False``, only the training inputs of this pool (``"sft"`` or ``"rl"``).
+    """
+    if pool is not None and (heldout or pool not in POOLS[:2]):
+        raise ValueError(f"pool {pool!r} is not a part of the {'held-out' if heldout else 'training'} split")
+    return [
+        key
+        for key in canonical_inputs(kind)
+        if is_heldout(key) == heldout and (pool is None or input_pool(key) == pool)
+    ]
 
 
 def make_task(key: str, template_index: int = 0) -> Task:
@@ -208,7 +244,9 @@ def make_task(key: str, template_index: int = 0) -> Task:
     raise ValueError(f"unknown task kind {kind!r} in {key!r}; use one of {WORLD_KINDS}")
 
 
-def sample_tasks(rng: random.Random, n: int, heldout: bool, kinds: tuple[str, ...] = TASK_KINDS) -> list[Task]:
+def sample_tasks(
+    rng: random.Random, n: int, heldout: bool, kinds: tuple[str, ...] = TASK_KINDS, pool: str | None = None
+) -> list[Task]:
     """Draw ``n`` tasks, kinds uniformly, each with a uniform input of its split and a uniform template.
 
     Args:
@@ -216,11 +254,13 @@ def sample_tasks(rng: random.Random, n: int, heldout: bool, kinds: tuple[str, ..
         n: How many tasks.
         heldout: Draw from the held-out split instead of the training split.
         kinds: The task kinds to draw from.
+        pool: With ``heldout=False``, draw only from this pool of the training split (``"sft"`` or ``"rl"``).
     """
-    pools = {kind: split_inputs(kind, heldout) for kind in kinds}
-    empty = [kind for kind, pool in pools.items() if not pool]
+    pools = {kind: split_inputs(kind, heldout, pool) for kind in kinds}
+    empty = [kind for kind, inputs in pools.items() if not inputs]
     if empty:
-        raise ValueError(f"no {'held-out' if heldout else 'training'} inputs for kinds {empty}")
+        where = "held-out" if heldout else f"{pool} pool" if pool else "training"
+        raise ValueError(f"no {where} inputs for kinds {empty}")
     tasks = []
     for _ in range(n):
         kind = rng.choice(kinds)
@@ -256,6 +296,8 @@ __all__ = [
     "FAMILY_KINDS",
     "HELDOUT_FRACTION",
     "DEFAULT_KINDS",
+    "POOLS",
+    "RL_FRACTION",
     "PEOPLE",
     "WORLD_KINDS",
     "TASK_KINDS",
@@ -263,6 +305,7 @@ __all__ = [
     "Task",
     "canonical_inputs",
     "human_mistake",
+    "input_pool",
     "is_heldout",
     "make_task",
     "number_answer",
