@@ -61,7 +61,8 @@ class StageSpec:
     Args:
         config: The stage's own YAML, the one its command takes (``lit-rlhf fit -c``, ``lit-rlhf evaluate -c``).
         overrides: Nested keys merged into that YAML before the pipeline wires the paths, e.g.
-            ``{trainer: {max_steps: 300}}``; a list replaces the list it meets.
+            ``{trainer: {max_steps: 300}}`` or ``{model: {learning_rate: 3e-5}}`` (into the model's ``init_args``,
+            as ``--model.learning_rate`` does); a list replaces the list it meets.
     """
 
     config: str
@@ -69,10 +70,17 @@ class StageSpec:
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``update`` merged in, recursively for mappings; lists and scalars are replaced (copies)."""
+    """``base`` with ``update`` merged in, recursively for mappings; lists and scalars are replaced (copies).
+
+    Where ``base`` has a ``class_path`` and ``update`` names neither ``class_path`` nor ``init_args``, ``update``
+    goes into ``init_args``, as ``--model.learning_rate`` does on the command line: ``{model: {learning_rate: 3e-5}}``
+    overrides ``model.init_args.learning_rate``.
+    """
     out = copy.deepcopy(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
+            if "class_path" in out[key] and not {"class_path", "init_args"} & value.keys():
+                value = {"init_args": value}
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)

@@ -70,6 +70,15 @@ def test_deep_merge_replaces_lists_and_keeps_siblings():
     assert base["trainer"]["callbacks"] == [1, 2]  # not mutated
 
 
+def test_deep_merge_puts_class_argument_shorthand_into_init_args():
+    base = {"model": {"class_path": "m.M", "init_args": {"lr": 1.0, "x": 2}}, "trainer": {"max_steps": 1}}
+    merged = deep_merge(base, {"model": {"lr": 0.5}})  # as --model.lr=0.5 on the command line
+    assert merged["model"] == {"class_path": "m.M", "init_args": {"lr": 0.5, "x": 2}}
+    # Explicit init_args or a new class_path are merged as written.
+    assert deep_merge(base, {"model": {"init_args": {"lr": 0.1}}})["model"]["init_args"] == {"lr": 0.1, "x": 2}
+    assert deep_merge(base, {"model": {"class_path": "m.N"}})["model"]["class_path"] == "m.N"
+
+
 def test_replace_path_prefix_only_whole_components():
     node = {"files": "runs/world/eval/heldout.jsonl", "other": ["runs/world", "runs/world2/x", "x/runs/world/y"]}
     out = replace_path_prefix(node, "runs/world", "/r/demo/world")

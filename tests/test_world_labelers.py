@@ -31,6 +31,7 @@ from lit_rlhf.world.labelers import (
     sft_like_groups,
     sft_like_response,
     strip_fillers,
+    true_reward,
     world_task,
 )
 from lit_rlhf.world.tasks import (
@@ -122,6 +123,27 @@ def test_demonstration_flaws_land_near_their_rates(world):
         rows = [r for r in train if world_task(r).kind == kind]
         if rows:
             assert sum(quality(r, r["completion"]) == 1.0 for r in rows) / len(rows) > 0.5, kind
+
+
+def test_true_reward_is_the_hidden_quality_on_rendered_and_bare_prompts():
+    from lit_rlhf.world.build import render_prompt
+
+    task = make_task("reverse:cat")
+    responses = [task.answer, "t a", "I do not know."]
+    expected = [3.0 * (quality(task.prompt, r) - 0.8) for r in responses]
+    assert expected[0] == pytest.approx(0.6) and expected[0] > expected[1] > expected[2]
+    assert true_reward([render_prompt(task.prompt)] * 3, responses) == pytest.approx(expected)
+    assert true_reward([task.prompt] * 3, responses) == pytest.approx(expected)
+
+
+def test_true_reward_plugs_into_ppo_from_the_command_line():
+    import yaml
+
+    from tests.conftest import REPO, run_cli
+
+    printed = run_cli(["fit", "-c", str(REPO / "configs/ppo/tiny.yaml"), "--model.reward_model_path=null",
+                       "--model.reward_fn=lit_rlhf.world.labelers.true_reward", "--print_config"])  # fmt: skip
+    assert yaml.safe_load(printed)["model"]["init_args"]["reward_fn"] == "lit_rlhf.world.labelers.true_reward"
 
 
 def test_each_flaw_knob_changes_only_its_flaw():

@@ -3,7 +3,8 @@
 Four models: the **policy** (trained, from the SFT directory; exported at the end as a Hugging Face directory),
 the frozen **reference** (the same SFT weights; under LoRA the policy with its adapters disabled, no second
 copy), the **value model** (trained, initialised from the reward model: InstructGPT C.4) and the frozen **reward
-model** (or a Python ``reward_fn`` for rule-based rewards). Dropout is off in all four.
+model** (or a Python ``reward_fn`` for rule-based rewards, ``--model.reward_fn=module.function``). Dropout is off in
+all four.
 
 Batch sizes, per process (each is checked at start; the derived counts are printed):
 
@@ -96,7 +97,9 @@ class PPOModule(StageModule):
             one forward and backward per micro-batch serves both losses: about half the update's compute and no
             fourth model in memory, at the cost of value gradients flowing into the policy's backbone.
         reward_fn: A Python callable ``(prompts, responses) -> scores`` used instead of a reward model (rule-based
-            rewards, tests). Give this or ``reward_model_path``, not both.
+            rewards, tests; on the command line its import path, ``--model.reward_fn=module.function``). Prompts
+            are passed rendered with the chat template. Give this or ``reward_model_path``, not both; the value model
+            then starts from ``value_model_path`` (default: the policy).
         tokenizer_name_or_path: The policy's tokenizer; defaults to ``model_name_or_path``.
         export_dir: Where the final policy goes; default ``<trainer.default_root_dir>/hf``.
         minibatch_size: Episodes per optimizer step on one process; must divide ``--data.batch_size``.
@@ -229,7 +232,7 @@ class PPOModule(StageModule):
         hp = self.hparams
         problems = []
         if (hp.reward_model_path is None) == (self.reward_fn is None):
-            problems.append("give exactly one of --model.reward_model_path and reward_fn (Python only)")
+            problems.append("give exactly one of --model.reward_model_path and --model.reward_fn")
         for name in ("minibatch_size", "micro_batch_size", "ppo_epochs", "max_new_tokens"):
             if hp[name] < 1:
                 problems.append(f"--model.{name} must be >= 1, got {hp[name]}")

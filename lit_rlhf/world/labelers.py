@@ -301,6 +301,26 @@ panel_judge = Panel()
 """The default held-out panel: ``--judge lit_rlhf.world.labelers:panel_judge``."""
 
 
+# --------------------------------------------------------------------------- the true reward (diagnostics only)
+
+TRUE_REWARD_SCALE, TRUE_REWARD_CENTRE = 3.0, 0.8
+"""``true_reward = SCALE x (quality - CENTRE)``: about the spread of the demo RM's scores, near 0 for SFT samples."""
+
+
+def true_reward(prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+    """The hidden :func:`quality` as a PPO reward: ``lit-rlhf fit ... --model.reward_fn=<this import path>``.
+
+    A diagnostic nobody has in the real world: PPO against the truth instead of a learned RM shows what the policy
+    and the PPO settings can reach when the reward is perfect, so a gap between the two is the RM's. Prompts may be
+    rendered in the world's template (``Human: ... Assistant:``, as PPO passes them) or bare.
+    """
+    rewards = []
+    for prompt, response in zip(prompts, responses, strict=True):
+        text = prompt.split("Human:", 1)[-1].rsplit("Assistant:", 1)[0].strip()
+        rewards.append(TRUE_REWARD_SCALE * (quality(text, response) - TRUE_REWARD_CENTRE))
+    return rewards
+
+
 def pair_agreement(ranking_a: Sequence[int], ranking_b: Sequence[int]) -> tuple[int, int]:
     """How many pairs two rankings of the same K items order alike, and how many pairs there are (K choose 2)."""
     pos_a = {item: r for r, item in enumerate(ranking_a)}
