@@ -18,8 +18,9 @@ Response metrics for ``lit-rlhf evaluate --response_metrics`` (``fn(prompt, resp
 the prompt is of another kind): :func:`invented_answer`, :func:`is_toxic`, :func:`is_toxic_plain`,
 :func:`is_toxic_respectful`, :func:`is_exact`; all of them as :data:`RESPONSE_METRICS`.
 
-Prompts are recognised by their text (every world prompt is known), so a bare ``{"prompt"}`` record works; a record
-of another world with a reference ``completion`` is scored against it as a task.
+Prompts are recognised by their text (every world prompt is known, bare or rendered in the HH template), so a bare
+``{"prompt"}`` record works; a record of another world with a reference ``completion`` is scored against it as a
+task.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lit_rlhf.data.records import Source, parse_hh_dialogue
 from lit_rlhf.world import toxicity, truthfulness
 from lit_rlhf.world.rankings import _is_number, edit_distance
 from lit_rlhf.world.tasks import (
@@ -48,8 +50,11 @@ from lit_rlhf.world.tasks import (
 
 
 def _prompt_and_record(prompt: Any) -> tuple[str, Mapping[str, Any]]:
-    """The prompt text and raw record of a string, a ``{"prompt"}`` / ``{"messages"}`` record or an ``EvalPrompt``."""
+    """The prompt text and raw record of a string (bare, or rendered ``"\\n\\nHuman: ...\\n\\nAssistant:"``), a
+    ``{"prompt"}`` / ``{"messages"}`` record or an ``EvalPrompt``."""
     if isinstance(prompt, str):
+        if prompt.startswith("\n\nHuman:"):  # rendered, as PPO's reward_fn receives it: the last user turn
+            return parse_hh_dialogue(prompt, Source("prompt", 0))[-1]["content"], {}
         return prompt, {}
     if isinstance(prompt, Task):
         return prompt.prompt, {}
@@ -315,11 +320,10 @@ def true_reward(prompts: Sequence[str], responses: Sequence[str]) -> list[float]
     and the PPO settings can reach when the reward is perfect, so a gap between the two is the RM's. Prompts may be
     rendered in the world's template (``Human: ... Assistant:``, as PPO passes them) or bare.
     """
-    rewards = []
-    for prompt, response in zip(prompts, responses, strict=True):
-        text = prompt.split("Human:", 1)[-1].rsplit("Assistant:", 1)[0].strip()
-        rewards.append(TRUE_REWARD_SCALE * (quality(text, response) - TRUE_REWARD_CENTRE))
-    return rewards
+    return [
+        TRUE_REWARD_SCALE * (quality(prompt, response) - TRUE_REWARD_CENTRE)
+        for prompt, response in zip(prompts, responses, strict=True)
+    ]
 
 
 def pair_agreement(ranking_a: Sequence[int], ranking_b: Sequence[int]) -> tuple[int, int]:

@@ -213,7 +213,7 @@ def split_inputs(kind: str, heldout: bool, pool: str | None = None) -> list[str]
     Args:
         pool: With ``heldout=False``, only the training inputs of this pool (``"sft"`` or ``"rl"``).
     """
-    if pool is not None and (heldout or pool not in POOLS[:2]):
+    if pool is not None and (heldout or pool not in ("sft", "rl")):
         raise ValueError(f"pool {pool!r} is not a part of the {'held-out' if heldout else 'training'} split")
     return [
         key
