@@ -2,6 +2,7 @@
 and properties (masked positions never matter, two shards whiten like one batch, ratio 1 on the first pass)."""
 
 import math
+import threading
 
 import pytest
 import torch
@@ -155,25 +156,57 @@ def test_masked_whiten_hand_computed():
     assert_close(masked_whiten(x, keep, eps=1.0), [[-0.7745967, 0.0, 0.7745967, 0.0]])
 
 
+class SimulatedRanks:
+    """N ranks in threads whose ``all_reduce(rank)`` hooks sum elementwise in lockstep, as a real collective does:
+    every rank must make the same calls in the same order, or the barrier times out."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.slots: list[torch.Tensor | None] = [None] * n
+        self.barrier = threading.Barrier(n, timeout=10)
+        self.calls = [0] * n
+
+    def all_reduce(self, rank: int):
+        def reduce(t: torch.Tensor) -> torch.Tensor:
+            self.calls[rank] += 1
+            self.slots[rank] = t.clone()
+            self.barrier.wait()
+            total = torch.stack(self.slots).sum(0)
+            self.barrier.wait()  # nobody overwrites a slot before every rank has read them all
+            return total
+
+        return reduce
+
+    def run(self, fn) -> list:
+        """``fn(rank, all_reduce)`` on every rank at once; their results in rank order."""
+        results: list = [None] * self.n
+        errors: list[BaseException] = []
+
+        def target(rank: int) -> None:
+            try:
+                results[rank] = fn(rank, self.all_reduce(rank))
+            except BaseException as e:  # noqa: BLE001 - re-raised below, in the test's thread
+                errors.append(e)
+                self.barrier.abort()
+
+        threads = [threading.Thread(target=target, args=(rank,)) for rank in range(self.n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        return results
+
+
 def test_masked_whiten_two_shards_equal_concatenated_batch():
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(10, 7, generator=generator, dtype=F64) * 3 + 1
     keep = ragged_mask(10, 7, generator)
-    x_a, x_b = x[:4], x[4:]
-    keep_a, keep_b = keep[:4], keep[4:]
-
-    def local_stats(shard: torch.Tensor, shard_keep: torch.Tensor) -> torch.Tensor:
-        """What this shard hands to all_reduce (the hook is called once; identity = one rank)."""
-        calls = []
-        masked_whiten(shard, shard_keep, all_reduce=lambda t: calls.append(t) or t)
-        assert len(calls) == 1
-        return calls[0]
-
-    stats_a, stats_b = local_stats(x_a, keep_a), local_stats(x_b, keep_b)
-    # each simulated rank's all_reduce sums its own statistics with the other rank's
-    whitened_a = masked_whiten(x_a, keep_a, all_reduce=lambda t: t + stats_b)
-    whitened_b = masked_whiten(x_b, keep_b, all_reduce=lambda t: t + stats_a)
-    sharded = torch.cat([whitened_a, whitened_b])
+    shards = [(x[:4], keep[:4]), (x[4:], keep[4:])]
+    ranks = SimulatedRanks(2)
+    sharded = torch.cat(ranks.run(lambda rank, reduce: masked_whiten(*shards[rank], all_reduce=reduce)))
+    assert ranks.calls == [2, 2], "two reductions on every rank: [sum, count], then the centred sum of squares"
 
     # independent reference: flatten the counted values and use torch's own mean and std
     flat = x[keep]
@@ -181,7 +214,46 @@ def test_masked_whiten_two_shards_equal_concatenated_batch():
     assert_close(sharded, expected)
     assert_close(masked_whiten(x, keep), expected)
     # the hook matters: local statistics alone give a different answer
-    assert not torch.allclose(masked_whiten(x_a, keep_a), whitened_a)
+    assert not torch.allclose(masked_whiten(*shards[0]), sharded[:4])
+
+
+@pytest.mark.parametrize("offset", [0.0, 100.0, 3000.0, 1e6])
+def test_masked_whiten_of_float32_is_accurate_to_float32_rounding_whatever_the_offset(offset):
+    # E[x^2] - mean^2 in float32 cancelled catastrophically here: at offset 3000 the variance rounded to <= 0 and
+    # the output was scaled by 1/sqrt(eps), errors ~4e4. Centred statistics in float64 leave only the rounding of
+    # the float32 result: |whitened| < 6 here, so 6 * 2^-24 ~ 3.6e-7 bounds the error, whatever the offset.
+    generator = torch.Generator().manual_seed(0)
+    x = (torch.randn(64, 128, generator=generator, dtype=F64) + offset).float()
+    keep = torch.zeros(64, 128, dtype=torch.bool)
+    keep[:, :100] = True
+    counted = x.double()[keep]
+    expected = torch.where(keep, (x.double() - counted.mean()) / torch.sqrt(counted.var(unbiased=False) + 1e-8), 0.0)
+    assert float(expected.abs().max()) < 6
+    whitened = masked_whiten(x, keep)
+    assert whitened.dtype == torch.float32
+    torch.testing.assert_close(whitened.double(), expected, atol=6 * 2**-24, rtol=0)
+    # the same for explained variance's centred variances: predicting the mean explains nothing (0, not noise)
+    ev = explained_variance(torch.full_like(x, float(counted.mean())), x, keep)
+    assert abs(float(ev)) < 1e-6
+
+
+def test_masked_var_and_whiten_gradients_are_finite_and_right_whatever_masked_positions_hold():
+    keep = mask([[True, True, True, False]])
+    for garbage in (math.inf, -math.inf, math.nan, 1e30):
+        x = tensor([[1.0, 2.0, 4.0, garbage]]).requires_grad_()
+        masked_var(x, keep).backward()
+        # var = sum((x - 7/3)^2) / 2, so d var / d x_i = (x_i - 7/3): [-4/3, -1/3, 5/3], and 0 where masked
+        assert_close(x.grad, [[-4 / 3, -1 / 3, 5 / 3, 0.0]])
+
+        x = tensor([[1.0, 2.0, 4.0, garbage]]).requires_grad_()
+        weights = tensor([[0.3, -1.0, 2.0, 5.0]])
+        (masked_whiten(x, keep) * weights).sum().backward()
+        # oracle: autograd of the plain formula on the counted values alone
+        counted = tensor([1.0, 2.0, 4.0]).requires_grad_()
+        ((counted - counted.mean()) / torch.sqrt(counted.var(unbiased=False) + 1e-8) * weights[0, :3]).sum().backward()
+        assert torch.isfinite(x.grad).all()
+        assert_close(x.grad[0, :3], counted.grad)
+        assert x.grad[0, 3] == 0
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -427,17 +499,9 @@ def test_explained_variance_over_two_shards_equals_the_concatenated_batch():
     values, returns = torch.randn(6, 5, generator=gen), torch.randn(6, 5, generator=gen) * 3 + 1
     keep = torch.rand(6, 5, generator=gen) > 0.3
     shards = [(values[:2], returns[:2], keep[:2]), (values[2:], returns[2:], keep[2:])]
-
-    def local_stats(v, r, m):  # what explained_variance hands to all_reduce on each rank
-        captured = []
-        explained_variance(v, r, m, all_reduce=lambda t: captured.append(t) or t)
-        return captured[0]
-
-    stats = [local_stats(*shard) for shard in shards]
     whole = explained_variance(values, returns, keep)
-    for rank in (0, 1):
-        other = stats[1 - rank]
-        on_rank = explained_variance(*shards[rank], all_reduce=lambda t, other=other: t + other)
+    on_ranks = SimulatedRanks(2).run(lambda rank, reduce: explained_variance(*shards[rank], all_reduce=reduce))
+    for on_rank in on_ranks:
         assert_close(on_rank, whole)
     assert not torch.allclose(explained_variance(*shards[0]), whole), "one shard alone differs"
 

@@ -68,9 +68,30 @@ def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     count = mask.sum()
     if unbiased and int(count) < 2:
         raise ValueError(f"masked_var(unbiased=True) needs at least 2 counted positions, got {int(count)}")
-    mean = masked_mean(x, mask)
-    squared_dev = _zero_masked((x - mean) ** 2, mask).sum()
+    values = _zero_masked(x, mask)  # before any arithmetic: inf - mean would give a nan gradient through where
+    squared_dev = _zero_masked((values - masked_mean(values, mask)) ** 2, mask).sum()
     return squared_dev / (count - 1) if unbiased else squared_dev / count
+
+
+def _stats_dtype(x: Tensor) -> torch.dtype:
+    """float64 for accumulating statistics (MPS has none: float32 there)."""
+    return torch.float32 if x.device.type == "mps" else torch.float64
+
+
+def _global_mean_and_var(
+    values: Tensor, mask: Tensor, all_reduce: Callable[[Tensor], Tensor] | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean, population variance and count of ``values`` (0 at masked positions) over all ranks.
+
+    Two reductions: ``[sum, count]`` gives the mean, then the sum of squared deviations *from that mean*. Centring
+    before squaring keeps the variance accurate whatever the offset; ``E[x^2] - mean^2`` cancels catastrophically
+    when ``|mean| >> std`` (float32 advantages around 3000 lost every digit).
+    """
+    reduce = all_reduce if all_reduce is not None else (lambda t: t)
+    total, count = reduce(torch.stack([values.sum(), mask.sum().to(values.dtype)])).unbind()
+    mean = total / count
+    squared_dev = reduce(_zero_masked((values - mean) ** 2, mask).sum().reshape(1))[0]
+    return mean, squared_dev / count, count
 
 
 def masked_whiten(
@@ -83,9 +104,9 @@ def masked_whiten(
     """Normalise ``x`` to zero mean and unit variance using statistics over the counted positions.
 
     The statistics are the mean and the population variance (divide by ``n``; whitening is insensitive to
-    ``n`` vs ``n - 1`` and this stays defined for a single position): ``(x - mean) / sqrt(var + eps)``.
-    The variance is computed as ``E[x^2] - mean^2`` so that one reduction of three sums suffices across ranks;
-    when rounding makes it slightly negative it is clamped at 0.
+    ``n`` vs ``n - 1`` and this stays defined for a single position): ``(x - mean) / sqrt(var + eps)``. They are
+    accumulated in float64 and the variance is centred before squaring, so the result is accurate to the rounding
+    of ``x``'s dtype for any offset of ``x``.
 
     Args:
         x: (...) values to whiten, e.g. advantages ``(batch, response_len)``.
@@ -94,22 +115,16 @@ def masked_whiten(
             (Ziegler et al. 2019 and TRL do this for rewards, whose sign carries meaning).
         eps: added to the variance before the square root, guarding against a constant input.
         all_reduce: a function that returns the elementwise sum of its argument over all ranks (e.g. a wrapper
-            around ``torch.distributed.all_reduce``). It is called exactly once, with a float tensor of shape
-            ``(3,)`` holding this rank's ``[sum, sum of squares, count]`` of the counted values, so N ranks
-            whiten with the same statistics as one process holding the concatenated batch. None uses the local
-            statistics only.
+            around ``torch.distributed.all_reduce``), so N ranks whiten with the same statistics as one process
+            holding the concatenated batch. It is called twice, in this order, on every rank: with ``[sum, count]``
+            of this rank's counted values (shape ``(2,)``), then with their summed squared deviation from the
+            global mean (shape ``(1,)``). None uses the local statistics only.
 
     Returns:
-        Same shape as ``x``: the whitened values, 0 at masked-out positions. Computed in ``x``'s dtype, with
-        the statistics accumulated in at least float32.
+        Same shape as ``x``: the whitened values, 0 at masked-out positions, in ``x``'s dtype.
     """
-    stats_dtype = torch.promote_types(x.dtype, torch.float32)
-    values = _zero_masked(x, mask).to(stats_dtype)
-    local_stats = torch.stack([values.sum(), (values**2).sum(), mask.sum().to(stats_dtype)])
-    stats = all_reduce(local_stats) if all_reduce is not None else local_stats
-    total, total_sq, count = stats.unbind()
-    mean = total / count
-    var = (total_sq / count - mean**2).clamp(min=0.0)
+    values = _zero_masked(x, mask).to(_stats_dtype(x))
+    mean, var, _ = _global_mean_and_var(values, mask, all_reduce)
     whitened = (values - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
@@ -122,25 +137,25 @@ def explained_variance(
     """How much of the returns' variance the value predictions explain: ``1 - Var[R - V] / Var[R]``.
 
     1 is perfect, 0 is no better than predicting the mean return, negative is worse than that. Variances are
-    population variances, computed as ``E[x^2] - mean^2`` (clamped at 0) so that one reduction serves all ranks.
+    population variances, accumulated in float64 and centred before squaring (as in :func:`masked_whiten`).
 
     Args:
         values: (batch, response_len) value predictions ``V``.
         returns: (batch, response_len) targets ``R`` (e.g. GAE returns).
         mask: (batch, response_len) bool, True on real response tokens.
-        all_reduce: as in :func:`masked_whiten`: returns the elementwise sum over all ranks; called once, with this
-            rank's ``[sum R, sum R^2, sum (R - V), sum (R - V)^2, count]``. None uses the local statistics only.
+        all_reduce: as in :func:`masked_whiten`: returns the elementwise sum over all ranks. Called four times
+            on every rank: the two reductions of ``Var[R]``, then the two of ``Var[R - V]``. None uses the local
+            statistics only.
 
     Returns:
-        A scalar tensor; ``nan`` when the counted returns are all equal (``Var[R] = 0``).
+        A scalar tensor in float64 (float32 on MPS); ``nan`` when the counted returns are all equal
+        (``Var[R] = 0``).
     """
-    stats_dtype = torch.promote_types(returns.dtype, torch.float32)
-    r = _zero_masked(returns, mask).to(stats_dtype)
-    e = _zero_masked(returns - values, mask).to(stats_dtype)
-    local = torch.stack([r.sum(), (r**2).sum(), e.sum(), (e**2).sum(), mask.sum().to(stats_dtype)])
-    sum_r, sum_r2, sum_e, sum_e2, count = (all_reduce(local) if all_reduce is not None else local).unbind()
-    var_returns = (sum_r2 / count - (sum_r / count) ** 2).clamp(min=0.0)
-    var_residual = (sum_e2 / count - (sum_e / count) ** 2).clamp(min=0.0)
+    dtype = _stats_dtype(returns)
+    r = _zero_masked(returns, mask).to(dtype)
+    e = _zero_masked(returns - values, mask).to(dtype)
+    _, var_returns, _ = _global_mean_and_var(r, mask, all_reduce)
+    _, var_residual, _ = _global_mean_and_var(e, mask, all_reduce)
     nan = torch.full_like(var_returns, math.nan)
     return torch.where(var_returns == 0, nan, 1 - var_residual / var_returns)
 
