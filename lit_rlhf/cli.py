@@ -106,7 +106,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LitRLHFCLI:
         trainer_class=LitRLHFTrainer,
         trainer_defaults={"logger": lazy_instance(WandbLogger)},
         save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,  # each stage builds its own optimisers (PPO has two)
+        auto_configure_optimizers=False,  # each stage builds its own optimiser and schedule (--optimizer is not used)
         parser_kwargs={"description": __doc__.split("\n\n")[0]},
         args=args,
         run=run,

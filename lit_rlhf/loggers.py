@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
+from typing import Any
 
+from lightning import LightningModule
 from lightning.pytorch.loggers import WandbLogger as _WandbLogger
+
+log = logging.getLogger(__name__)
 
 
 def wandb_has_credentials() -> bool:
@@ -60,3 +65,13 @@ class WandbLogger(_WandbLogger):
             group=group,
             tags=tags,
         )
+
+
+def log_table(module: LightningModule, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+    """Log a table to W&B when the logger is W&B; otherwise write it to the Python log."""
+    for logger in module.loggers:
+        if isinstance(logger, _WandbLogger):
+            logger.log_text(key=key, columns=columns, data=rows)
+            return
+    for row in rows:
+        log.info("%s %s", key, " | ".join(str(c) for c in row))

@@ -59,7 +59,9 @@ _SCRATCH_DEFAULTS: dict[str, tuple[type[PretrainedConfig], dict[str, Any]]] = {
     ),
 }
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# float64 is for equivalence tests: its reduction-order noise (~1e-16 relative) stays far below Adam's eps, so two
+# runs that add in a different order end with weights equal to a tolerance derived from arithmetic.
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
 @dataclass
@@ -210,7 +212,8 @@ def load_model(
         head: ``"causal_lm"`` (AutoModelForCausalLM) or ``"score"`` (AutoModelForSequenceClassification with one
             label, the reward/value model).
         model_config: Config overrides: the shape of a scratch model, or fields of a pretrained config.
-        dtype: ``float32``, ``bfloat16``, ``float16`` or ``auto`` (the checkpoint's own); None means float32.
+        dtype: ``float32``, ``bfloat16``, ``float16``, ``float64`` or ``auto`` (the checkpoint's own); None means
+            float32.
         trust_remote_code: Allow code from the model's repository to run. Off unless the user asks.
         dropout: Set every dropout probability to this; None keeps the model's own.
         gradient_checkpointing: Recompute activations in the backward pass to save memory.
@@ -218,6 +221,26 @@ def load_model(
     """
     if head not in ("causal_lm", "score"):
         raise ValueError(f"head must be 'causal_lm' or 'score', got {head!r}")
+    model = _instantiate(model_name_or_path, head, model_config, dtype, trust_remote_code, tokenizer)
+    _match_tokenizer(model, tokenizer)
+    if dropout is not None:
+        set_dropout(model, dropout)
+    if gradient_checkpointing:
+        _enable_gradient_checkpointing(model)
+    if lora is not None:
+        model = apply_lora(model, lora, task_type="CAUSAL_LM" if head == "causal_lm" else "SEQ_CLS")
+    return model
+
+
+def _instantiate(
+    model_name_or_path: str,
+    head: str,
+    model_config: dict[str, Any] | None,
+    dtype: str | None,
+    trust_remote_code: bool,
+    tokenizer: PreTrainedTokenizerBase,
+) -> PreTrainedModel:
+    """Build a scratch model from its config, or load a pretrained one, with the requested head and dtype."""
     auto_cls = AutoModelForCausalLM if head == "causal_lm" else AutoModelForSequenceClassification
     torch_dtype = resolve_dtype(dtype) if dtype != "auto" else "auto"
     if is_scratch(model_name_or_path):
@@ -225,40 +248,51 @@ def load_model(
         if head == "score":
             config.num_labels = 1
         model = auto_cls.from_config(config)
-        if isinstance(torch_dtype, torch.dtype):
-            model = model.to(torch_dtype)
-    else:
-        config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
-        for key, value in (model_config or {}).items():
-            setattr(config, key, value)
-        kwargs: dict[str, Any] = {}
-        if head == "score":
-            config.num_labels = 1  # on the config only: transformers 5 refuses num_labels beside config=
-        model = auto_cls.from_pretrained(
-            model_name_or_path,
-            config=config,
-            dtype=torch_dtype if torch_dtype is not None else torch.float32,
-            trust_remote_code=trust_remote_code,
-            use_safetensors=_has_safetensors(model_name_or_path),
-            **kwargs,
-        )
+        return model.to(torch_dtype) if isinstance(torch_dtype, torch.dtype) else model
+    config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+    for key, value in (model_config or {}).items():
+        setattr(config, key, value)
+    if head == "score":
+        config.num_labels = 1  # on the config only: transformers 5 refuses num_labels beside config=
+    return auto_cls.from_pretrained(
+        model_name_or_path,
+        config=config,
+        dtype=torch_dtype if torch_dtype is not None else torch.float32,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=_has_safetensors(model_name_or_path),
+    )
+
+
+def _match_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Grow the embeddings to the tokenizer (an added pad token) and make generation pad and stop as it does."""
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.eos_token_id = tokenizer.eos_token_id
-    if dropout is not None:
-        set_dropout(model, dropout)
-    if gradient_checkpointing:
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24 (the old name is deprecated)
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-    if lora is not None:
-        model = apply_lora(model, lora, task_type="CAUSAL_LM" if head == "causal_lm" else "SEQ_CLS")
-    return model
+
+
+def _enable_gradient_checkpointing(model: PreTrainedModel) -> None:
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24 (the old name is deprecated)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+
+
+def score_head(model: nn.Module) -> nn.Linear:
+    """The scalar head of a sequence classifier (``score`` for GPT-2, Llama, ...; ``classifier`` elsewhere)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    for name in ("score", "classifier"):
+        head = getattr(base, name, None)
+        if head is not None:
+            # peft keeps a trainable copy of the head (modules_to_save); that copy is the one used.
+            if hasattr(head, "modules_to_save"):
+                head = head.modules_to_save[head.active_adapter]
+            if isinstance(head, nn.Linear) and head.out_features == 1:
+                return head
+    raise ValueError(f"{type(base).__name__} has no one-output linear score head ('score' or 'classifier')")
 
 
 def _has_safetensors(name_or_path: str) -> bool | None:
@@ -403,6 +437,7 @@ __all__ = [
     "load_model",
     "load_tokenizer",
     "read_export_metadata",
+    "score_head",
     "set_dropout",
     "train_tokenizer",
 ]

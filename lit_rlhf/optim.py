@@ -34,6 +34,22 @@ def resolve_warmup(warmup: float, total_steps: int) -> int:
     return int(round(warmup * total_steps)) if warmup < 1 else int(warmup)
 
 
+def weight_decay_groups(model: nn.Module, weight_decay: float, **options: float) -> list[dict]:
+    """AdamW parameter groups of ``model``'s trainable parameters: weight decay on matrices, none on biases and norms.
+
+    ``options`` (e.g. ``lr``) go into every group. Empty groups are left out.
+    """
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay, **options},
+        {"params": no_decay, "weight_decay": 0.0, **options},
+    ]
+    return [g for g in groups if g["params"]]
+
+
 def adamw_with_schedule(
     model: nn.Module,
     learning_rate: float,
@@ -44,13 +60,7 @@ def adamw_with_schedule(
     min_lr_ratio: float,
 ) -> dict:
     """AdamW (no weight decay on biases and norms) with warmup + cosine, in Lightning's optimizer-dict form."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=learning_rate, betas=betas)
+    optimizer = torch.optim.AdamW(weight_decay_groups(model, weight_decay), lr=learning_rate, betas=betas)
     warmup_steps = resolve_warmup(warmup, total_steps)
     scheduler = LambdaLR(optimizer, warmup_cosine_lambda(warmup_steps, total_steps, min_lr_ratio))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

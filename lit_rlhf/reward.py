@@ -35,25 +35,21 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from lit_rlhf.data.collate import Template, encode_completion, encode_prompt, fit_to_length, pad_right
-from lit_rlhf.data.records import Message, SFTExample, load_records, parse_sft_record
+from lit_rlhf.data.records import Files, Message, SFTExample, load_records, parse_sft_record
 from lit_rlhf.distributed import add_to_parameter, full_tensor, reshard
+from lit_rlhf.losses import at_least_float32
 from lit_rlhf.models import (
-    LoraOptions,
     apply_lora,
-    count_parameters,
     export_pretrained,
     is_scratch,
     load_model,
     load_tokenizer,
-    lora_to_dict,
     read_export_metadata,
+    score_head,
 )
-from lit_rlhf.optim import adamw_with_schedule
-from lit_rlhf.stage import StageModule
+from lit_rlhf.stage import FineTuningModule
 
 log = logging.getLogger(__name__)
-
-Files = str | list[str] | None
 
 # --------------------------------------------------------------------------- the loss (pure torch)
 
@@ -98,7 +94,12 @@ def kwise_ranking_loss(scores: torch.Tensor, group_ids: torch.Tensor, ranks: tor
 
 
 def top1_correct(scores: torch.Tensor, group_ids: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
-    """Whether the highest-scored completion of each prompt is (one of) its best-ranked.
+    """Whether a best-ranked completion of each prompt scores strictly above every completion ranked below it.
+
+    Strict, like pair accuracy (a margin of 0 is a miss): a tie for the highest score between a best-ranked and a
+    worse completion is a miss, so a reward model that collapsed to a constant scores 0, not 100%. Completions that
+    share the best rank may tie among themselves. A prompt whose completions all share one rank has nothing to get
+    right and counts as a miss.
 
     Args:
         scores: (n,) float; group_ids, ranks: (n,) long, as in :func:`kwise_ranking_loss`.
@@ -107,33 +108,21 @@ def top1_correct(scores: torch.Tensor, group_ids: torch.Tensor, ranks: torch.Ten
         (n_groups,) bool, one entry per prompt.
     """
     n_groups = int(group_ids.max()) + 1
-    best_score = torch.full((n_groups,), -math.inf, dtype=scores.dtype, device=scores.device)
-    best_score = best_score.scatter_reduce(0, group_ids, scores, reduce="amax")
     best_rank = torch.full((n_groups,), torch.iinfo(ranks.dtype).max, dtype=ranks.dtype, device=ranks.device)
     best_rank = best_rank.scatter_reduce(0, group_ids, ranks, reduce="amin")
-    hit = (scores == best_score[group_ids]) & (ranks == best_rank[group_ids])
-    return (
-        torch.zeros(n_groups, dtype=torch.long, device=scores.device)
-        .scatter_reduce(0, group_ids, hit.long(), reduce="amax")
-        .bool()
-    )
+    is_best = ranks == best_rank[group_ids]
+
+    def group_max(mask: torch.Tensor) -> torch.Tensor:
+        masked = torch.where(mask, scores, torch.full_like(scores, -math.inf))
+        empty = torch.full((n_groups,), -math.inf, dtype=scores.dtype, device=scores.device)
+        return empty.scatter_reduce(0, group_ids, masked, reduce="amax")
+
+    best_of_best, best_of_rest = group_max(is_best), group_max(~is_best)
+    has_rest = torch.zeros(n_groups, dtype=torch.bool, device=scores.device).index_fill(0, group_ids[~is_best], True)
+    return has_rest & (best_of_best > best_of_rest)
 
 
 # --------------------------------------------------------------------------- the score head
-
-
-def score_head(model: nn.Module) -> nn.Linear:
-    """The scalar head of a sequence classifier (``score`` for GPT-2, Llama, ...; ``classifier`` elsewhere)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
-    for name in ("score", "classifier"):
-        head = getattr(base, name, None)
-        if head is not None:
-            # peft keeps a trainable copy of the head (modules_to_save); that copy is the one used.
-            if hasattr(head, "modules_to_save"):
-                head = head.modules_to_save[head.active_adapter]
-            if isinstance(head, nn.Linear) and head.out_features == 1:
-                return head
-    raise ValueError(f"{type(base).__name__} has no one-output linear score head ('score' or 'classifier')")
 
 
 def init_score_head(model: nn.Module) -> None:
@@ -226,7 +215,7 @@ def score_completions(
     Too-long examples lose their oldest prompt tokens; a completion alone over ``max_length`` is skipped.
 
     Returns:
-        (n_scored,) float32 scores.
+        (n_scored,) scores, float32 (float64 for a float64 model).
     """
     from lit_rlhf.data.records import Source
 
@@ -245,7 +234,7 @@ def score_completions(
         chunk = seqs[i : i + batch_size]
         input_ids = pad_right(chunk, tokenizer.pad_token_id).to(device)
         attention_mask = pad_right([[1] * len(s) for s in chunk], 0).to(device)
-        scores.append(model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float().cpu())
+        scores.append(at_least_float32(model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]).cpu())
     model.train(was_training)
     if not scores:
         raise ValueError("no reference completion fits max_length; nothing to normalise on")
@@ -303,27 +292,16 @@ def load_references(files: Files, max_examples: int | None = None) -> list[tuple
 # --------------------------------------------------------------------------- the module
 
 
-class RewardModule(StageModule):
+class RewardModule(FineTuningModule):
     """Train a scalar reward model on K-wise rankings (InstructGPT eq. 1); write a Hugging Face directory.
 
+    ``model_name_or_path`` is where to start: an SFT export (InstructGPT initialises the RM from SFT), any causal LM
+    or an RM directory. A fresh score head is initialised N(0, std 1/sqrt(d_model + 1)); an RM's is kept. The other
+    model, optimiser and export options are :class:`~lit_rlhf.stage.FineTuningModule`'s; LoRA trains the adapters
+    and the head.
+
     Args:
-        model_name_or_path: The model to start from: an SFT export (InstructGPT initialises the RM from SFT), any
-            causal LM or an RM directory, a hub id, or ``scratch:gpt2`` / ``scratch:llama`` (sized by
-            ``model_config``). A fresh score head is initialised N(0, std 1/sqrt(d_model + 1)); an RM's is kept.
-        tokenizer_name_or_path: Tokenizer directory or hub id; defaults to ``model_name_or_path``.
-        model_config: Config overrides, e.g. ``{n_layer: 4, n_embd: 128}`` for a scratch model.
-        export_dir: Where the final Hugging Face directory goes; default ``<trainer.default_root_dir>/hf``.
-        learning_rate: Peak AdamW learning rate.
-        weight_decay: AdamW weight decay (not applied to biases and norms).
-        betas: AdamW betas.
-        warmup: Linear warmup: a fraction of all steps when below 1, else a number of steps.
-        min_lr_ratio: Cosine decay ends at this fraction of the peak (InstructGPT: 10%).
-        dropout: Residual/attention/embedding dropout while training; None keeps the model's own.
-        dtype: Weights dtype: ``float32`` (default), ``bfloat16``, ``float16`` or ``auto``.
-        gradient_checkpointing: Recompute activations in backward to save memory.
-        lora: Train LoRA adapters (and the head) instead of all weights; the export has them merged. On the command
-            line: ``--model.lora='{r: 16, alpha: 32}'`` or ``--model.lora.r=16`` (fields of ``LoraOptions``).
-        trust_remote_code: Allow code from the model repository to run.
+        learning_rate: Peak AdamW learning rate (InstructGPT's RM: 9e-6).
         normalize: At the end of fit, shift the scores so the reference completions score mean 0
             (InstructGPT §3.5), before the export.
         normalize_std: Also scale the scores so the references have std 1.
@@ -331,36 +309,21 @@ class RewardModule(StageModule):
             the world (``<data.world_dir>/sft/``) when the data come from it, else the best-ranked completion of
             each training prompt.
         max_references: Score at most this many references.
+        **kwargs: The options of :class:`~lit_rlhf.stage.FineTuningModule` (``model_name_or_path``, ...).
     """
 
     stage = "rm"
 
     def __init__(
         self,
-        model_name_or_path: str,
-        tokenizer_name_or_path: str | None = None,
-        model_config: dict[str, Any] | None = None,
-        export_dir: str | None = None,
         learning_rate: float = 9e-6,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup: float = 0.03,
-        min_lr_ratio: float = 0.1,
-        dropout: float | None = None,
-        dtype: str | None = None,
-        gradient_checkpointing: bool = False,
-        lora: LoraOptions | None = None,
-        trust_remote_code: bool = False,
         normalize: bool = True,
         normalize_std: bool = False,
         reference_files: Files = None,
         max_references: int | None = 2048,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.export_dir = export_dir
-        self.model = None
-        self.tokenizer = None
+        super().__init__(learning_rate=learning_rate, **kwargs)
         self.normalization: dict[str, Any] | None = None
         self.train_pair_accuracy = MeanMetric()
         self.val_pair_accuracy = MeanMetric()
@@ -375,29 +338,18 @@ class RewardModule(StageModule):
         if self.model is not None:
             return
         hp = self.hparams
-        self.tokenizer = load_tokenizer(hp.tokenizer_name_or_path or hp.model_name_or_path, hp.trust_remote_code)
-        model = load_model(
-            hp.model_name_or_path,
-            self.tokenizer,
-            head="score",
-            model_config=hp.model_config,
-            dtype=hp.dtype,
-            trust_remote_code=hp.trust_remote_code,
-            dropout=hp.dropout,
-            gradient_checkpointing=hp.gradient_checkpointing,
-        )
+        model = self.load_model_and_tokenizer(head="score", with_lora=False)
         if not has_trained_head(hp.model_name_or_path):
             init_score_head(model)
         if hp.normalize:
             check_shift_storable(model)  # fail before training, not after it
         self.model = apply_lora(model, hp.lora, task_type="SEQ_CLS") if hp.lora is not None else model
         self.shard(self.model)
-        trainable, total = count_parameters(self.model)
-        log.info("RM %s: %.2fM parameters, %.2fM trainable", hp.model_name_or_path, total / 1e6, trainable / 1e6)
+        self.log_model_size()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Scores (n,) float32 of right-padded sequences (n, length), read at each one's last real token (EOS)."""
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
+        """Scores (n,) float32 (float64 for a float64 model) of right-padded sequences (n, length), read at each one's last real token (EOS)."""
+        return at_least_float32(self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0])
 
     # -- steps ---------------------------------------------------------------------------------------------------
 
@@ -435,18 +387,6 @@ class RewardModule(StageModule):
             self.val_top1_accuracy.update(top1_correct(scores, group_ids, ranks)[many].float())
             self.log("val/top1_accuracy", self.val_top1_accuracy, batch_size=int(many.sum()))
 
-    def configure_optimizers(self) -> dict:
-        hp = self.hparams
-        return adamw_with_schedule(
-            self.model,
-            learning_rate=hp.learning_rate,
-            weight_decay=hp.weight_decay,
-            betas=tuple(hp.betas),
-            warmup=hp.warmup,
-            total_steps=self.trainer.estimated_stepping_batches,
-            min_lr_ratio=hp.min_lr_ratio,
-        )
-
     # -- end of fit: normalise, then export ----------------------------------------------------------------------
 
     def on_fit_end(self) -> None:
@@ -482,7 +422,6 @@ class RewardModule(StageModule):
 
     def export_metadata(self) -> dict[str, Any]:
         meta = super().export_metadata()
-        meta["hparams"]["lora"] = lora_to_dict(self.hparams.lora)
         meta["reward_normalization"] = self.normalization
         return meta
 

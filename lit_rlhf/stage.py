@@ -1,10 +1,11 @@
-"""What the stage modules share: the final Hugging Face export, the batch-size report and the loss guard."""
+"""What the stage modules share: the final Hugging Face export, the batch-size report, the loss guard, and the
+model and optimiser options of the stages that fine-tune one model (SFT, reward model)."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -17,7 +18,15 @@ from lit_rlhf.distributed import (
     strategy_problem,
     unsharded_peft_copy,
 )
-from lit_rlhf.models import export_pretrained
+from lit_rlhf.models import (
+    LoraOptions,
+    count_parameters,
+    export_pretrained,
+    load_model,
+    load_tokenizer,
+    lora_to_dict,
+)
+from lit_rlhf.optim import adamw_with_schedule
 
 log = logging.getLogger(__name__)
 
@@ -106,3 +115,95 @@ class StageModule(L.LightningModule):
                 "checkpoint is unchanged. Lower --model.learning_rate, enable gradient clipping "
                 "(--trainer.gradient_clip_val) or check the data."
             )
+
+
+class FineTuningModule(StageModule):
+    """Base of the stages that fine-tune one model with AdamW and warmup + cosine (SFT and the reward model).
+
+    Subclasses take their own options and pass the rest on with ``**kwargs``; LightningCLI (jsonargparse) follows
+    ``super().__init__(**kwargs)`` through the class hierarchy, so ``--help`` and ``--print_config`` show these
+    options under ``--model.*`` while they are declared and documented only here.
+
+    Args:
+        model_name_or_path: The model to start from: a local directory, a hub id, or ``scratch:gpt2`` /
+            ``scratch:llama`` to build one from scratch (sized by ``model_config``; needs a tokenizer).
+        tokenizer_name_or_path: Tokenizer directory or hub id; defaults to ``model_name_or_path``.
+        model_config: Config overrides, e.g. ``{n_layer: 4, n_embd: 128}`` for a scratch model.
+        export_dir: Where the final Hugging Face directory goes; default ``<trainer.default_root_dir>/hf``.
+        learning_rate: Peak AdamW learning rate.
+        weight_decay: AdamW weight decay (not applied to biases and norms).
+        betas: AdamW betas.
+        warmup: Linear warmup: a fraction of all steps when below 1, else a number of steps.
+        min_lr_ratio: Cosine decay ends at this fraction of the peak (InstructGPT: 10%).
+        dropout: Residual/attention/embedding dropout while training (InstructGPT SFT: 0.2); None keeps the
+            model's own.
+        dtype: Weights dtype: ``float32`` (default; use ``--trainer.precision=bf16-mixed`` for mixed precision),
+            ``bfloat16``, ``float16``, ``float64`` or ``auto`` (the checkpoint's own).
+        gradient_checkpointing: Recompute activations in backward to save memory.
+        lora: Train LoRA adapters instead of all weights; the export has them merged. On the command line:
+            ``--model.lora='{r: 16, alpha: 32}'`` or ``--model.lora.r=16`` (fields of ``LoraOptions``).
+        trust_remote_code: Allow code from the model repository to run.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        tokenizer_name_or_path: str | None = None,
+        model_config: dict[str, Any] | None = None,
+        export_dir: str | None = None,
+        learning_rate: float = 1e-5,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup: float = 0.03,
+        min_lr_ratio: float = 0.1,
+        dropout: float | None = None,
+        dtype: str | None = None,
+        gradient_checkpointing: bool = False,
+        lora: LoraOptions | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()  # the subclass's own options too: Lightning reads the whole __init__ chain
+        self.export_dir = export_dir
+        self.model = None
+        self.tokenizer = None
+
+    def load_model_and_tokenizer(self, head: Literal["causal_lm", "score"], with_lora: bool) -> torch.nn.Module:
+        """Load ``self.tokenizer`` and return the model with these options (LoRA-wrapped when ``with_lora``)."""
+        hp = self.hparams
+        self.tokenizer = load_tokenizer(hp.tokenizer_name_or_path or hp.model_name_or_path, hp.trust_remote_code)
+        return load_model(
+            hp.model_name_or_path,
+            self.tokenizer,
+            head=head,
+            model_config=hp.model_config,
+            dtype=hp.dtype,
+            trust_remote_code=hp.trust_remote_code,
+            dropout=hp.dropout,
+            gradient_checkpointing=hp.gradient_checkpointing,
+            lora=hp.lora if with_lora else None,
+        )
+
+    def log_model_size(self) -> None:
+        trainable, total = count_parameters(self.model)
+        log.info(
+            "%s %s: %.2fM parameters, %.2fM trainable",
+            self.stage, self.hparams.model_name_or_path, total / 1e6, trainable / 1e6,
+        )  # fmt: skip
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        return adamw_with_schedule(
+            self.model,
+            learning_rate=hp.learning_rate,
+            weight_decay=hp.weight_decay,
+            betas=tuple(hp.betas),
+            warmup=hp.warmup,
+            total_steps=self.trainer.estimated_stepping_batches,
+            min_lr_ratio=hp.min_lr_ratio,
+        )
+
+    def export_metadata(self) -> dict[str, Any]:
+        meta = super().export_metadata()
+        meta["hparams"]["lora"] = lora_to_dict(self.hparams.lora)
+        return meta

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,52 @@ def test_help_explains_the_options():
     text = run_cli(["fit", "--data.help", "SFTDataModule"])
     assert "--data.train_files" in text and "--data.val_files" in text and "left_truncate" in text
     assert "lit-rlhf" in run_cli(["--help"])
+
+
+FINE_TUNING = ("model_name_or_path tokenizer_name_or_path model_config export_dir learning_rate weight_decay betas warmup "
+               "min_lr_ratio dropout dtype gradient_checkpointing lora lora.help trust_remote_code")  # fmt: skip
+RECORDS = (
+    "train_files val_files tokenizer_name_or_path world_dir val_split max_length template on_bad_record batch_size "
+)
+RECORDS += "num_workers seed"
+STAGE_FLAGS = {  # (--model.help or --data.help, class): every flag its --help must show, each with a description
+    ("model", "SFTModule"): f"{FINE_TUNING} num_sample_prompts sample_max_new_tokens",
+    ("model", "RewardModule"): f"{FINE_TUNING} normalize normalize_std reference_files max_references",
+    ("model", "PPOModule"): (
+        "model_name_or_path reward_model_path value_model_path value_model reward_fn tokenizer_name_or_path export_dir "
+        "minibatch_size micro_batch_size forward_batch_size ppo_epochs trim_padding max_new_tokens temperature top_k "
+        "top_p no_eos_score kl_coef kl_target kl_horizon kl_estimator whiten_rewards gamma lam clip_range "
+        "clip_range_value vf_coef ptx_coef ptx_examples_per_episode learning_rate value_learning_rate weight_decay "
+        "betas warmup lr_schedule min_lr_ratio max_grad_norm ema_decay dtype frozen_dtype shard_frozen "
+        "gradient_checkpointing lora lora.help trust_remote_code rollout_seed log_samples_every_n_iterations "
+        "num_logged_samples"
+    ),
+    ("data", "SFTDataModule"): f"{RECORDS} truncation packing group_by_length plain_text",
+    ("data", "PreferenceDataModule"): f"{RECORDS} truncation ties group_by_length",
+    ("data", "PromptDataModule"): f"{RECORDS} pretraining_files max_pretraining_length",
+}
+
+
+@pytest.mark.parametrize(("group", "name"), list(STAGE_FLAGS))
+def test_each_stage_help_lists_every_option_with_its_description(group, name):
+    # Shared options are declared once (FineTuningModule, RecordDataModule) and reach the stages through
+    # super().__init__(**kwargs): this is what proves --help still shows them all, each explained.
+    text = run_cli(["fit", f"--{group}.help", name])
+    entries: dict[str, str] = {}
+    flag = None
+    for line in text.splitlines():
+        match = re.match(rf"^  --{group}\.([a-z_.]+)(\s.*)?$", line)
+        if match:  # an option: its description follows on this line (after two spaces) or on indented lines
+            flag = match[1]
+            entries[flag] = (match[2] or "").split("  ", 1)[1] if "  " in (match[2] or "").strip(" ") else ""
+        elif flag is not None and line.startswith(" " * 10):
+            entries[flag] += " " + line.strip()
+        else:
+            flag = None
+    assert set(entries) == set(STAGE_FLAGS[group, name].split())
+    for flag, description in entries.items():
+        words = description.split("(type:")[0].strip()
+        assert flag.endswith(".help") or words, f"--{group}.{flag} has no description in {name}'s --help"
 
 
 def test_bad_data_option_names_the_flag(tmp_path, tokenizer_dir):

@@ -90,6 +90,29 @@ def test_top1_counts_a_prompt_when_its_best_completion_scores_highest():
     assert top1_correct(scores, group_ids, ranks).tolist() == [True, False]
 
 
+def test_top1_is_strict_a_tie_for_first_place_is_a_miss():
+    # A reward model collapsed to a constant: every pair is a miss (margin 0), and so is every top-1.
+    scores = torch.zeros(7)
+    group_ids = torch.tensor([0, 0, 0, 0, 1, 1, 1])
+    ranks = torch.tensor([0, 1, 2, 3, 1, 2, 0])
+    better, worse, _ = ranking_pairs(group_ids, ranks)
+    assert float((scores[better] > scores[worse]).float().mean()) == 0.0
+    assert top1_correct(scores, group_ids, ranks).tolist() == [False, False]
+    # the best completion ties only the second best: still a miss; strictly above all the others: a hit
+    assert top1_correct(torch.tensor([1.0, 1.0, 0.0]), torch.tensor([0, 0, 0]), torch.tensor([0, 1, 2])).tolist() == [
+        False
+    ]
+    assert top1_correct(torch.tensor([1.1, 1.0, 0.0]), torch.tensor([0, 0, 0]), torch.tensor([0, 1, 2])).tolist() == [
+        True
+    ]
+    # two completions share the best rank: either one scoring highest is a hit, even if they tie each other
+    shared = torch.tensor([0, 0, 1])
+    assert top1_correct(torch.tensor([2.0, 2.0, 1.0]), torch.tensor([0, 0, 0]), shared).tolist() == [True]
+    assert top1_correct(torch.tensor([0.5, 2.0, 1.0]), torch.tensor([0, 0, 0]), shared).tolist() == [True]
+    # all completions share one rank: nothing to get right
+    assert top1_correct(torch.tensor([2.0, 1.0]), torch.tensor([0, 0]), torch.tensor([0, 0])).tolist() == [False]
+
+
 # --------------------------------------------------------------------------- the model
 
 
@@ -164,9 +187,11 @@ def test_rm_learns_a_planted_preference_normalises_and_exports(tmp_path, tokeniz
     train = write_jsonl(tmp_path / "train.jsonl", planted_rankings(400, seed=0))
     val = write_jsonl(tmp_path / "val.jsonl", planted_rankings(100, seed=1))
     refs = write_jsonl(tmp_path / "refs.jsonl", [{"prompt": f"Pick: {w}", "completion": f"{w} cat sun"} for w in BAD])
-    dm = PreferenceDataModule(str(train), str(val), tokenizer_name_or_path=str(tokenizer_dir), max_length=64)
+    dm = PreferenceDataModule(
+        train_files=str(train), val_files=str(val), tokenizer_name_or_path=str(tokenizer_dir), max_length=64
+    )
     module = RewardModule(
-        "scratch:gpt2",
+        model_name_or_path="scratch:gpt2",
         tokenizer_name_or_path=str(tokenizer_dir),
         model_config=TINY_GPT2,
         learning_rate=3e-3,
@@ -247,7 +272,7 @@ def test_rm_initialised_from_an_rm_keeps_its_head(tmp_path, scratch_rm, tokenize
     from lit_rlhf.models import export_pretrained
 
     export_pretrained(scratch_rm, tokenizer, tmp_path / "rm", {"stage": "rm"})
-    module = RewardModule(str(tmp_path / "rm"), normalize=False)
+    module = RewardModule(model_name_or_path=str(tmp_path / "rm"), normalize=False)
     module.configure_model()
     assert torch.equal(score_head(module.model).weight, score_head(scratch_rm).weight)
 
@@ -310,10 +335,15 @@ def test_openassistant_kwise_rankings_train_through_the_same_path(tmp_path, toke
     ][:2]
     path = write_jsonl(tmp_path / "oasst.jsonl", sample)
     dm = PreferenceDataModule(
-        str(path), str(path), tokenizer_name_or_path=str(tokenizer_dir), max_length=1024, template="plain", batch_size=3
+        train_files=str(path),
+        val_files=str(path),
+        tokenizer_name_or_path=str(tokenizer_dir),
+        max_length=1024,
+        template="plain",
+        batch_size=3,
     )
     module = RewardModule(
-        "scratch:gpt2",
+        model_name_or_path="scratch:gpt2",
         tokenizer_name_or_path=str(tokenizer_dir),
         model_config={**TINY_GPT2, "n_positions": 1024},
         normalize=False,

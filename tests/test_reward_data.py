@@ -147,7 +147,9 @@ def test_datamodule_encodes_with_the_sft_template_and_truncates_the_shared_promp
         tmp_path / "t.jsonl",
         [{"prompt": long_prompt, "completions": ["sun", "moon tree", "red"], "ranking": [2, 0, 1]}] * 3,
     )
-    dm = PreferenceDataModule(str(path), str(path), tokenizer_name_or_path=str(tokenizer_dir), max_length=40)
+    dm = PreferenceDataModule(
+        train_files=str(path), val_files=str(path), tokenizer_name_or_path=str(tokenizer_dir), max_length=40
+    )
     dm.setup()
     row = dm.train_dataset[0]
     assert all(len(row["prompt_ids"]) + len(c) <= 40 for c in row["completion_ids"])
@@ -187,7 +189,7 @@ def test_world_rankings_best_completion_is_the_exact_answer():
 
 def test_collator_rows_end_with_eos_so_the_rm_reads_the_eos(tmp_path, tokenizer_dir, tokenizer):
     path = write_jsonl(tmp_path / "t.jsonl", [{"prompt": "Q", "completions": ["a b", "cat"], "ranking": [1, 0]}] * 2)
-    dm = PreferenceDataModule(str(path), str(path), tokenizer_name_or_path=str(tokenizer_dir))
+    dm = PreferenceDataModule(train_files=str(path), val_files=str(path), tokenizer_name_or_path=str(tokenizer_dir))
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
     last = batch["attention_mask"].sum(1) - 1

@@ -9,7 +9,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LM
 
 from lit_rlhf.data.collate import encode_prompt
 from lit_rlhf.data.modules import SFTDataModule
-from lit_rlhf.generation import generate_responses
+from lit_rlhf.generation import generate_greedy
+from lit_rlhf.losses import completion_loss
 from lit_rlhf.models import (
     LoraOptions,
     atomic_directory,
@@ -18,7 +19,7 @@ from lit_rlhf.models import (
     read_export_metadata,
     set_dropout,
 )
-from lit_rlhf.sft import SFTModule, completion_loss
+from lit_rlhf.sft import SFTModule
 from tests.conftest import TINY_GPT2, reverse_records, write_jsonl
 
 
@@ -29,8 +30,8 @@ def _fit(tmp_path, tokenizer_dir, records, max_steps, lr=3e-3, **module_kwargs):
         train_files=str(train), val_files=str(train), tokenizer_name_or_path=str(tokenizer_dir), batch_size=8
     )
     module = SFTModule(
-        "scratch:gpt2", str(tokenizer_dir), model_config=TINY_GPT2, learning_rate=lr, warmup=0, num_sample_prompts=0,
-        **module_kwargs,
+        model_name_or_path="scratch:gpt2", tokenizer_name_or_path=str(tokenizer_dir), model_config=TINY_GPT2,
+        learning_rate=lr, warmup=0, num_sample_prompts=0, **module_kwargs,
     )  # fmt: skip
     trainer = L.Trainer(
         max_steps=max_steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -61,7 +62,7 @@ def test_tiny_model_overfits_eight_examples_and_exports_a_reloadable_directory(t
 
     tokenizer = module.tokenizer
     prompts = [encode_prompt(tokenizer, [{"role": "user", "content": r["prompt"]}], "auto") for r in records]
-    answers = generate_responses(
+    answers = generate_greedy(
         module.model, prompts, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         max_new_tokens=16,
     )  # fmt: skip
@@ -170,11 +171,16 @@ def test_padding_waste_is_small_with_length_grouping(tmp_path, tokenizer_dir):
 
 def test_trained_token_loss_equals_the_full_logits_loss(tokenizer_dir):
     # the head only at trained positions (GPT-2: a plain LM head) gives the loss and gradients of the full forward
-    from lit_rlhf.sft import plain_lm_head
+    from lit_rlhf.losses import plain_lm_head
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     torch.manual_seed(0)
-    module = SFTModule("scratch:gpt2", str(tokenizer_dir), model_config=TINY_GPT2, num_sample_prompts=0)
+    module = SFTModule(
+        model_name_or_path="scratch:gpt2",
+        tokenizer_name_or_path=str(tokenizer_dir),
+        model_config=TINY_GPT2,
+        num_sample_prompts=0,
+    )
     module.model = load_model("scratch:gpt2", tok, model_config=TINY_GPT2, dropout=0.0)
     assert plain_lm_head(module.model) is not None
     ids = torch.randint(0, len(tok) - 2, (3, 10))

@@ -31,6 +31,7 @@ from lit_rlhf.data.collate import (
 )
 from lit_rlhf.data.records import (
     DataError,
+    Files,
     OnError,
     RankingExample,
     SFTExample,
@@ -42,8 +43,6 @@ from lit_rlhf.data.records import (
 from lit_rlhf.models import load_tokenizer
 
 log = logging.getLogger(__name__)
-
-Files = str | list[str] | None
 
 
 class ListDataset(Dataset):
@@ -137,10 +136,27 @@ def split_train_val(items: list[Any], val_fraction: float, seed: int) -> tuple[l
 
 
 class RecordDataModule(L.LightningDataModule):
-    """What every stage's DataModule shares: files, the world, the tokenizer and the train/validation split.
+    """What every stage's DataModule shares: files, the world, the tokenizer, the train/validation split, batching.
 
-    Subclasses implement :meth:`parse` (raw record to typed record) and :meth:`encode` (typed records to model
-    inputs), and the dataloaders.
+    Subclasses take their own options and pass the rest on with ``**kwargs``; LightningCLI (jsonargparse) follows
+    ``super().__init__(**kwargs)`` through the class hierarchy, so ``--help`` and ``--print_config`` show these
+    options under ``--data.*`` for every DataModule while they are declared and documented only here.
+
+    Args:
+        train_files: Training records: a path, glob or list (JSONL, JSON, Parquet, CSV or a saved dataset).
+        val_files: Validation records; when None, ``val_split`` of the training records is held out.
+        tokenizer_name_or_path: Tokenizer to encode with; linked from the model's options by the CLI.
+        world_dir: Build the instruction world (the embedded default) here first and read its records when no
+            files are given.
+        val_split: Fraction of training records (prompts, for rankings) held out when there are no ``val_files``.
+        max_length: Longest prompt + completion in tokens.
+        template: ``auto`` uses the tokenizer's chat template when it has one; ``plain`` always uses the HH
+            format (see ``lit_rlhf.data.collate``).
+        on_bad_record: ``error`` stops before training listing bad records with file:line; ``skip`` drops them
+            and logs the count.
+        batch_size: Examples per micro-batch on one process.
+        num_workers: DataLoader worker processes.
+        seed: Seed for the validation split, shuffling and the world.
     """
 
     def __init__(
@@ -225,6 +241,20 @@ class RecordDataModule(L.LightningDataModule):
             train, val = split_train_val(train, self.val_split, self.seed)
         return train, val
 
+    def _length_grouped_loader(self, collate, lengths: Sequence[int], group_by_length: bool) -> DataLoader:
+        """The training loader: batches of similar length (``group_by_length``) or plainly shuffled.
+
+        Grouped by the global batch: under DDP each rank takes a strided share of every group, so N processes see
+        exactly the examples one process would see in a batch N times larger.
+        """
+        assert self.train_dataset is not None, "call setup() first"
+        if not group_by_length:
+            return self._loader(self.train_dataset, collate, shuffle=True)
+        world = self.trainer.world_size if self.trainer is not None else 1
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        sampler = LengthGroupedSampler(lengths, self.batch_size * world, seed=self.seed, num_replicas=world, rank=rank)
+        return self._loader(self.train_dataset, collate, sampler=sampler)
+
     def _loader(self, dataset: Dataset, collate, sampler: Sampler | None = None, shuffle: bool = False) -> DataLoader:
         return DataLoader(
             dataset,
@@ -240,62 +270,28 @@ class RecordDataModule(L.LightningDataModule):
 class SFTDataModule(RecordDataModule):
     """Demonstrations for supervised fine-tuning (InstructGPT step 1).
 
+    Records: ``{"prompt", "completion"}``, ``{"messages": [...]}``, ``{"instruction", "input", "output"}``; with
+    ``plain_text``, also ``{"text"}``. The options every DataModule shares are :class:`RecordDataModule`'s.
+
     Args:
-        train_files: Training records: a path, glob or list (JSONL, JSON, Parquet, CSV or a saved dataset).
-            Formats: ``{"prompt", "completion"}``, ``{"messages": [...]}``, ``{"instruction", "input", "output"}``;
-            with ``plain_text``, also ``{"text"}``.
-        val_files: Validation records; when None, ``val_split`` of the training records is held out.
-        tokenizer_name_or_path: Tokenizer to encode with; linked from the model's options by the CLI.
-        world_dir: Build the instruction world (the embedded default) here first and read its demonstrations
-            when no files are given.
-        val_split: Fraction of training records held out when there are no ``val_files``.
-        max_length: Longest prompt + completion in tokens.
-        template: ``auto`` uses the tokenizer's chat template when it has one; ``plain`` always uses the HH
-            format (see ``lit_rlhf.data.collate``).
         truncation: Too-long examples: ``left_truncate`` drops the oldest prompt tokens, ``skip`` drops the
             example, ``error`` stops naming the record. Counts are logged.
-        on_bad_record: ``error`` stops before training listing bad records with file:line; ``skip`` drops them
-            and logs the count.
         packing: Concatenate examples into rows of ``max_length`` tokens (no padding; see ``pack_examples``).
         group_by_length: Batch examples of similar length together (little padding, exact attention).
-        batch_size: Examples (or packed rows) per micro-batch on one process.
-        num_workers: DataLoader worker processes.
-        seed: Seed for the validation split, shuffling and the world.
         plain_text: Also accept plain text ``{"text"}`` records, learned on every token with no prompt or template
             (pretraining a base LM; pair with ``packing``). A text longer than ``max_length`` keeps its beginning.
+        **kwargs: The shared options of :class:`RecordDataModule` (``train_files``, ``batch_size``, ...).
     """
 
     def __init__(
         self,
-        train_files: Files = None,
-        val_files: Files = None,
-        tokenizer_name_or_path: str | None = None,
-        world_dir: str | None = None,
-        val_split: float = 0.05,
-        max_length: int = 512,
-        template: Template = "auto",
         truncation: Truncation = "left_truncate",
-        on_bad_record: OnError = "error",
         packing: bool = False,
         group_by_length: bool = True,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        seed: int = 42,
         plain_text: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            train_files=train_files,
-            val_files=val_files,
-            tokenizer_name_or_path=tokenizer_name_or_path,
-            world_dir=world_dir,
-            val_split=val_split,
-            max_length=max_length,
-            template=template,
-            on_bad_record=on_bad_record,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            seed=seed,
-        )
+        super().__init__(**kwargs)
         # the tokenizer is the model's option (linked by the CLI): saved once, with the model, so the merged
         # hparams never hold two values for it
         self.save_hyperparameters(ignore=["tokenizer_name_or_path"])
@@ -353,17 +349,7 @@ class SFTDataModule(RecordDataModule):
         assert self.train_dataset is not None, "call setup() first"
         if self.packing:
             return self._loader(self.train_dataset, PackedCollator(self.pad_token_id), shuffle=True)
-        collate = SFTCollator(self.pad_token_id)
-        if self.group_by_length:
-            # Group by the global batch: under DDP each rank takes a strided share of every group, so N processes
-            # see exactly the examples one process would see in a batch N times larger.
-            world = self.trainer.world_size if self.trainer is not None else 1
-            rank = self.trainer.global_rank if self.trainer is not None else 0
-            sampler = LengthGroupedSampler(
-                self.train_lengths, self.batch_size * world, seed=self.seed, num_replicas=world, rank=rank
-            )
-            return self._loader(self.train_dataset, collate, sampler=sampler)
-        return self._loader(self.train_dataset, collate, shuffle=True)
+        return self._length_grouped_loader(SFTCollator(self.pad_token_id), self.train_lengths, self.group_by_length)
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_dataset is not None, "call setup() first"
@@ -416,28 +402,20 @@ class PreferenceCollator:
 
 class PreferenceDataModule(RecordDataModule):
     """Ranked completions for the reward model (InstructGPT step 2); one prompt with its K completions is one
-    batch element.
+    batch element (``batch_size`` counts prompts; the forward pass holds the sum of their K completions).
+
+    Records: ``{"prompt", "chosen", "rejected"}``; hh-rlhf ``{"chosen", "rejected"}`` dialogues;
+    ``{"prompt", "completions", "ranking"}`` with K >= 2 (indices best first); prompts may be message lists. With
+    ``world_dir``, the world's rankings (``rm/``). The options every DataModule shares are
+    :class:`RecordDataModule`'s.
 
     Args:
-        train_files: Training records: a path, glob or list (JSONL, JSON, Parquet, CSV or a saved dataset).
-            Formats: ``{"prompt", "chosen", "rejected"}``; hh-rlhf ``{"chosen", "rejected"}`` dialogues;
-            ``{"prompt", "completions", "ranking"}`` with K >= 2 (indices best first); prompts may be message lists.
-        val_files: Validation records; when None, ``val_split`` of the training prompts is held out.
-        tokenizer_name_or_path: Tokenizer to encode with; linked from the model's options by the CLI.
-        world_dir: Build the instruction world here first and read its rankings (``rm/``) when no files are given.
-        val_split: Fraction of training prompts held out when there are no ``val_files``.
-        max_length: Longest prompt + completion in tokens.
-        template: ``auto`` uses the tokenizer's chat template when it has one; ``plain`` always uses the HH format.
         truncation: Too-long examples: ``left_truncate`` drops the oldest prompt tokens (the same for all K
             completions; the completions are never cut, since the reward is read at their EOS), ``skip`` drops the
             prompt, ``error`` stops naming the record.
         ties: A tie in a ranking: ``error`` stops naming the record; ``drop`` keeps it, tied completions form no pair.
-        on_bad_record: ``error`` stops before training listing bad records with file:line; ``skip`` drops them
-            and logs the count.
         group_by_length: Batch prompts of similar length together (little padding).
-        batch_size: Prompts per micro-batch on one process; the forward pass holds the sum of their K completions.
-        num_workers: DataLoader worker processes.
-        seed: Seed for the validation split, shuffling and the world.
+        **kwargs: The shared options of :class:`RecordDataModule` (``train_files``, ``batch_size``, ...).
     """
 
     world_train_key = "rm/train.jsonl"
@@ -445,34 +423,12 @@ class PreferenceDataModule(RecordDataModule):
 
     def __init__(
         self,
-        train_files: Files = None,
-        val_files: Files = None,
-        tokenizer_name_or_path: str | None = None,
-        world_dir: str | None = None,
-        val_split: float = 0.05,
-        max_length: int = 512,
-        template: Template = "auto",
         truncation: Truncation = "left_truncate",
         ties: TiePolicy = "error",
-        on_bad_record: OnError = "error",
         group_by_length: bool = True,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        seed: int = 42,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            train_files=train_files,
-            val_files=val_files,
-            tokenizer_name_or_path=tokenizer_name_or_path,
-            world_dir=world_dir,
-            val_split=val_split,
-            max_length=max_length,
-            template=template,
-            on_bad_record=on_bad_record,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            seed=seed,
-        )
+        super().__init__(**kwargs)
         self.save_hyperparameters(ignore=["tokenizer_name_or_path"])  # saved with the model (see SFTDataModule)
         self.truncation = truncation
         self.ties = ties
@@ -528,16 +484,8 @@ class PreferenceDataModule(RecordDataModule):
         return rows, counts
 
     def train_dataloader(self) -> DataLoader:
-        assert self.train_dataset is not None, "call setup() first"
         collate = PreferenceCollator(self.pad_token_id)
-        if self.group_by_length:
-            world = self.trainer.world_size if self.trainer is not None else 1
-            rank = self.trainer.global_rank if self.trainer is not None else 0
-            sampler = LengthGroupedSampler(
-                self.train_lengths, self.batch_size * world, seed=self.seed, num_replicas=world, rank=rank
-            )
-            return self._loader(self.train_dataset, collate, sampler=sampler)
-        return self._loader(self.train_dataset, collate, shuffle=True)
+        return self._length_grouped_loader(collate, self.train_lengths, self.group_by_length)
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_dataset is not None, "call setup() first"

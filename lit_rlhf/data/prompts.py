@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from lit_rlhf.data.collate import IGNORE_INDEX, Template, encode_prompt, pad_left, pad_right
-from lit_rlhf.data.modules import Files, ListDataset, RecordDataModule
-from lit_rlhf.data.records import DataError, Message, Source, load_records, parse_messages, require_str
+from lit_rlhf.data.collate import IGNORE_INDEX, encode_prompt, pad_left, pad_right
+from lit_rlhf.data.modules import ListDataset, RecordDataModule
+from lit_rlhf.data.records import DataError, Files, Message, Source, load_records, parse_messages, require_str
 
 log = logging.getLogger(__name__)
 
@@ -151,23 +151,17 @@ class PretrainingStream:
 class PromptDataModule(RecordDataModule):
     """Prompts for PPO and, for PPO-ptx, a stream of pretraining text.
 
+    Records: ``{"prompt"}`` or ``{"messages": [...]}``; validation prompts are unused by PPO training itself (kept
+    for evaluation hooks). Prompts longer than ``max_length`` lose their oldest tokens. The options every DataModule
+    shares are :class:`RecordDataModule`'s.
+
     Args:
-        train_files: Prompt records: a path, glob or list (JSONL, JSON, Parquet, CSV or a saved dataset).
-            Formats: ``{"prompt"}`` or ``{"messages": [...]}``.
-        val_files: Validation prompts (unused by PPO training itself; kept for evaluation hooks).
         pretraining_files: Pretraining records ``{"text"}`` for PPO-ptx; needed only when
             ``--model.ptx_coef > 0``. With ``world_dir`` set, defaults to the world's corpus.
-        tokenizer_name_or_path: Tokenizer to encode with; linked from the model's options by the CLI.
-        world_dir: Build the instruction world here first and read its prompts (and corpus) when no files are
-            given.
-        val_split: Fraction of prompts held out when there are no ``val_files``.
-        max_length: Longest prompt in tokens; longer prompts lose their oldest tokens (``left_truncate``).
         max_pretraining_length: Pretraining texts are cut to this many tokens (EOS appended first).
-        template: ``auto`` uses the tokenizer's chat template when it has one; ``plain`` the HH format.
-        on_bad_record: ``error`` stops before training listing bad records; ``skip`` drops them.
-        batch_size: Prompts per PPO iteration on one process: the rollout batch (``rollout_batch_size``).
-        num_workers: DataLoader worker processes.
-        seed: Seed of the prompt order, the validation split and the pretraining stream.
+        max_length: Longest prompt in tokens; longer prompts lose their oldest tokens (``left_truncate``).
+        batch_size: Prompts per PPO iteration on one process: the rollout batch.
+        **kwargs: The shared options of :class:`RecordDataModule` (``train_files``, ``seed``, ...).
     """
 
     world_train_key = "sft/train.jsonl"
@@ -176,33 +170,13 @@ class PromptDataModule(RecordDataModule):
 
     def __init__(
         self,
-        train_files: Files = None,
-        val_files: Files = None,
         pretraining_files: Files = None,
-        tokenizer_name_or_path: str | None = None,
-        world_dir: str | None = None,
-        val_split: float = 0.05,
-        max_length: int = 256,
         max_pretraining_length: int = 256,
-        template: Template = "auto",
-        on_bad_record: Any = "error",
+        max_length: int = 256,
         batch_size: int = 16,
-        num_workers: int = 0,
-        seed: int = 42,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            train_files=train_files,
-            val_files=val_files,
-            tokenizer_name_or_path=tokenizer_name_or_path,
-            world_dir=world_dir,
-            val_split=val_split,
-            max_length=max_length,
-            template=template,
-            on_bad_record=on_bad_record,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            seed=seed,
-        )
+        super().__init__(max_length=max_length, batch_size=batch_size, **kwargs)
         # the tokenizer is the model's (linked by the CLI): saved once, with the model's hyperparameters
         self.save_hyperparameters(ignore=["tokenizer_name_or_path"])
         self.pretraining_files = pretraining_files

@@ -29,6 +29,9 @@ Message = dict[str, str]
 """A chat message: ``{"role": "system" | "user" | "assistant", "content": str}``."""
 
 ROLES = ("system", "user", "assistant")
+Files = str | list[str] | None
+"""Record files: a path, a glob or a list of them; None when not given."""
+
 OnError = Literal["error", "skip"]
 MAX_ERRORS_SHOWN = 10
 

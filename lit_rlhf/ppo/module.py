@@ -20,6 +20,7 @@ Logged every iteration (names are stable; scripts may rely on them):
 
 ==========================  ===================================================================================
 ``ppo/score_mean``          mean reward-model score of the rollout (no-EOS penalty included), all ranks
+``ppo/score``               the same, under the short name the progress bar shows
 ``ppo/score_std``           its standard deviation, all ranks
 ``ppo/kl``                  mean over responses of the summed per-token KL to the reference (nats/response)
 ``ppo/kl_coef``             the KL coefficient beta used for this rollout
@@ -28,6 +29,7 @@ Logged every iteration (names are stable; scripts may rely on them):
 ``ppo/eos_rate``            fraction of responses that ended with EOS
 ``ppo/reward_mean``         mean summed per-token reward (score - beta KL)
 ``ppo/approxkl``            ``0.5 mean (logprobs - old_logprobs)^2`` over updates
+``ppo/approxkl_k3``         ``mean((ratio - 1) - log ratio)``, the k3 estimate of ``KL(old || new)``, over updates
 ``ppo/clipfrac``            fraction of tokens where the policy clip was active
 ``ppo/vf_clipfrac``         fraction of tokens where the value clip was active
 ``ppo/policy_loss``         clipped surrogate loss
@@ -61,21 +63,21 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from lit_rlhf.data.collate import IGNORE_INDEX, pad_right
 from lit_rlhf.distributed import full_tensor, gathered, reshard, shard_like
+from lit_rlhf.generation import sample_responses, sample_seed
+from lit_rlhf.loggers import log_table
+from lit_rlhf.losses import at_least_float32, completion_loss
 from lit_rlhf.models import LoraOptions, count_parameters, freeze, load_model, load_tokenizer, lora_to_dict
-from lit_rlhf.optim import resolve_warmup, warmup_cosine_lambda
+from lit_rlhf.optim import resolve_warmup, warmup_cosine_lambda, weight_decay_groups
 from lit_rlhf.ppo import core
 from lit_rlhf.ppo.rollout import (
     Rollout,
     RolloutBuffer,
     first_eos_mask,
-    generate_responses,
     in_chunks,
     response_logprobs,
-    sample_seed,
     score_at_last_token,
     token_values,
 )
-from lit_rlhf.sft import completion_loss, log_table
 from lit_rlhf.stage import StageModule
 
 log = logging.getLogger(__name__)
@@ -368,20 +370,11 @@ class PPOModule(StageModule):
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
-        groups = []
-        for model, lr in (
-            (self.model, hp.learning_rate),
-            (self.value_model or self.value_head, hp.value_learning_rate or hp.learning_rate),
-        ):
-            decay, no_decay = [], []
-            for name, p in model.named_parameters():
-                if p.requires_grad:
-                    (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-            groups += [
-                {"params": decay, "weight_decay": hp.weight_decay, "lr": lr},
-                {"params": no_decay, "weight_decay": 0.0, "lr": lr},
-            ]
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], betas=tuple(hp.betas))
+        value_lr = hp.value_learning_rate or hp.learning_rate
+        groups = weight_decay_groups(self.model, hp.weight_decay, lr=hp.learning_rate) + weight_decay_groups(
+            self.value_model or self.value_head, hp.weight_decay, lr=value_lr
+        )
+        optimizer = torch.optim.AdamW(groups, betas=tuple(hp.betas))
         rollout = self.trainer.datamodule.batch_size
         total_steps = self.trainer.estimated_stepping_batches * hp.ppo_epochs * (rollout // hp.minibatch_size)
         min_ratio = hp.min_lr_ratio if hp.lr_schedule == "cosine" else 1.0
@@ -411,7 +404,7 @@ class PPOModule(StageModule):
         start = self._now()
         seeds = [sample_seed(hp.rollout_seed, self.iteration, int(i)) for i in batch["index"]]
         with gathered(self.model) as policy:  # sharded weights gathered once, not at every decode step
-            responses = generate_responses(
+            responses = sample_responses(
                 policy, prompt_ids, prompt_mask, seeds, max_new_tokens=hp.max_new_tokens,
                 eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
                 temperature=hp.temperature, top_k=hp.top_k, top_p=hp.top_p,
@@ -623,17 +616,16 @@ class PPOModule(StageModule):
         return self.trainer.strategy.reduce(tensor.clone(), reduce_op="sum")
 
     def global_mean(self, x: Tensor) -> float:
-        total, count = self.all_reduce_sum(
-            torch.stack([x.float().sum(), torch.tensor(float(x.numel()), device=x.device)])
-        )
+        x = at_least_float32(x)
+        total, count = self.all_reduce_sum(torch.stack([x.sum(), x.new_tensor(float(x.numel()))]))
         return float(total / count)
 
     def global_mean_std(self, x: Tensor) -> tuple[float, float]:
-        x = x.float()
-        stats = torch.stack([x.sum(), (x**2).sum(), torch.tensor(float(x.numel()), device=x.device)])
-        total, total_sq, count = self.all_reduce_sum(stats)
+        x = at_least_float32(x)
+        total, count = self.all_reduce_sum(torch.stack([x.sum(), x.new_tensor(float(x.numel()))]))
         mean = total / count
-        return float(mean), float((total_sq / count - mean**2).clamp(min=0).sqrt())
+        squared_dev = self.all_reduce_sum(((x - mean) ** 2).sum())  # centred before squaring: no cancellation
+        return float(mean), float((squared_dev / count).sqrt())
 
     def _now(self) -> float:
         if self.device.type == "cuda":
