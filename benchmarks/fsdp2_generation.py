@@ -31,8 +31,15 @@ def _run(rank: int, args: argparse.Namespace, port: int) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // args.processes))
     dist.init_process_group("gloo", rank=rank, world_size=args.processes)
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=args.layers, n_embd=args.width, n_head=4, vocab_size=1536, n_positions=256,
-                        bos_token_id=1, eos_token_id=1)
+    config = GPT2Config(
+        n_layer=args.layers,
+        n_embd=args.width,
+        n_head=4,
+        vocab_size=1536,
+        n_positions=256,
+        bos_token_id=1,
+        eos_token_id=1,
+    )
     model = GPT2LMHeadModel(config).eval()
     shard_model(model, init_device_mesh("cpu", (args.processes,)))
     prompts = torch.randint(0, 1536, (args.batch, 24), generator=torch.Generator().manual_seed(rank))

@@ -6,7 +6,7 @@ import lightning as L
 
 from lit_rlhf.data.collate import encode_prompt
 from lit_rlhf.data.records import load_records, parse_sft_record
-from lit_rlhf.generation import generate_responses
+from lit_rlhf.generation import generate_greedy
 
 
 class ExactMatchCallback(L.Callback):
@@ -47,7 +47,7 @@ class ExactMatchCallback(L.Callback):
         tokenizer = pl_module.tokenizer
         template = getattr(trainer.datamodule, "template", "auto")
         prompts = [encode_prompt(tokenizer, ex.prompt, template) for ex in examples]
-        responses = generate_responses(
+        responses = generate_greedy(
             pl_module.model,
             prompts,
             pad_token_id=tokenizer.pad_token_id,

@@ -324,29 +324,12 @@ class Pipeline:
         self.fit("sft", model=model, data={"train_files": str(w.sft_train), "val_files": str(w.sft_val)})
 
     def run_comparisons(self, console: Any) -> None:
-        w = self.world
+        from lit_rlhf.world.comparisons import collect_world_comparisons
+
+        options = {"device": self.device, **self.comparison_options}
         out = self.dir("comparisons")
-        if hasattr(w, "comparison_prompts_train"):
-            from lit_rlhf.world.comparisons import collect_world_comparisons
-
-            options = {"device": self.device, **self.comparison_options}
-            stats = collect_world_comparisons(self.export("sft"), w.root, out, seed=self.seed, **options)
-            console.print(f"comparisons ranked by the simulated labelers: {stats}")
-            return
-        # Until the world ships comparison prompts and labelers: its static rankings (true quality order).
-        from lit_rlhf.world.rankings import write_world_rankings
-
-        console.print(
-            "[yellow]this world has no comparison prompts: using its static rankings (exact answer vs damaged "
-            "ones), not samples of the SFT policy[/yellow]"
-        )
-        n = self.comparison_options.get("max_prompts") or 3000
-        with atomic_directory(out) as tmp:
-            train, val = write_world_rankings(tmp, seed=self.seed, n_train=n, n_val=max(1, n // 15))
-            train.rename(tmp / "train.jsonl")
-            val.rename(tmp / "val.jsonl")
-            (tmp / "rm").rmdir()
-            (tmp / "stats.json").write_text(json.dumps({"source": "lit_rlhf.world.rankings", "n_train": n}) + "\n")
+        stats = collect_world_comparisons(self.export("sft"), self.world.root, out, seed=self.seed, **options)
+        console.print(f"comparisons ranked by the simulated labelers: {stats}")
 
     def run_rm(self, console: Any) -> None:
         c = self.dir("comparisons")
@@ -361,8 +344,12 @@ class Pipeline:
     def _ppo(self, stage: str) -> None:
         w = self.world
         model = {"model_name_or_path": str(self.export("sft")), "reward_model_path": str(self.export("rm"))}
-        prompts = getattr(w, "ppo_prompts", w.sft_train)  # the world's own PPO prompts (InstructGPT: a third set)
-        data = {"train_files": str(prompts), "val_files": str(w.sft_val), "pretraining_files": str(w.corpus_train)}
+        # the world's own PPO prompts (InstructGPT: a third prompt set, apart from SFT's and the RM's)
+        data = {
+            "train_files": str(w.ppo_prompts),
+            "val_files": str(w.sft_val),
+            "pretraining_files": str(w.corpus_train),
+        }
         self.fit(stage, model=model, data=data)
 
     def run_ppo(self, console: Any) -> None:
@@ -396,18 +383,15 @@ class Pipeline:
         policies = {"base": self.export("pretrain"), "base_prompted": self.dir("base_prompted")}
         policies |= {s: self.export(s) for s in ("sft", "ppo", "ppo_ptx")}
         fewshot = self.fewshot_probes()
-        panel = _importable(PANEL_JUDGE)
-        if not panel:
-            console.print("[yellow]no world panel judge: the RM judges the win rates[/yellow]")
         wiring = {
             "seed_everything": self.seed,
             "baseline": "sft",
             "prompts_file": str(self.world.heldout),
-            "judge": PANEL_JUDGE if panel else f"rm:{self.export('rm')}",
+            "judge": PANEL_JUDGE,
             "rm_dir": str(self.export("rm")),
             "pretraining_file": str(self.world.corpus_val),
             "fewshot_file": str(fewshot) if fewshot else None,
-            "response_metrics": WORLD_METRICS if _importable(WORLD_METRICS) else None,
+            "response_metrics": WORLD_METRICS,
             "output_dir": str(self.dir("evaluate")),
             "trainer": {"logger": self._loggers("evaluate", csv=False)},
         }
@@ -427,17 +411,6 @@ class Pipeline:
             return path
         kinds = tuple(k for k in json.loads(self.world.manifest.read_text())["task_kinds"] if k in TASK_KINDS)
         return write_fewshot_probes(path, seed=self.seed, kinds=kinds) if kinds else None
-
-
-def _importable(path: str) -> bool:
-    """Whether ``package.module:name`` names an existing object."""
-    import importlib
-
-    module, _, name = path.partition(":")
-    try:
-        return hasattr(importlib.import_module(module), name)
-    except ImportError:
-        return False
 
 
 def pipeline_command(
@@ -502,7 +475,7 @@ def pipeline_command(
         problems.append(f"--few_shot must be >= 0, got {few_shot}")
     if problems:
         raise ValueError("cannot run the pipeline:\n  " + "\n  ".join(problems))
-    device = "cuda" if getattr(self.strategy.root_device, "type", "cpu") == "cuda" else "cpu"
+    device = "cuda" if self.strategy.root_device.type == "cuda" else "cpu"
     # --trainer.enable_progress_bar=false (logs, notebooks) holds for every stage, and for transformers' bars too
     progress_bar = self.progress_bar_callback is not None
     if not progress_bar:

@@ -112,6 +112,7 @@ def test_summary_ratio_is_per_repetition_min_median_max():
     assert summary["lit_rlhf"]["samples_s"] == 3.0
 
 
+@pytest.mark.slow
 def test_lit_side_runs_every_stage(assets, tmp_path):
     (tmp_path / "assets.json").write_text(json.dumps(assets))
     results = compare.run_child("sft,rm,ppo", "lit_rlhf", str(tmp_path / "assets.json"), S)
@@ -122,6 +123,7 @@ def test_lit_side_runs_every_stage(assets, tmp_path):
     assert all(r["samples_s"] > 0 and r["peak_rss_mib"] > 0 for r in results)
 
 
+@pytest.mark.slow
 def test_trl_side_runs_every_stage(assets, tmp_path):
     why_not = compare.trl_available()
     if why_not:

@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_rlhf.evaluation import CallableJudge, EvalPrompt, RewardModelJudge, evaluate, judge_pairs, load_judge
+from lit_rlhf.evaluation import (
+    CallableJudge,
+    EvalPrompt,
+    EvaluateOptions,
+    RewardModelJudge,
+    evaluate,
+    judge_pairs,
+    load_judge,
+)
 from lit_rlhf.evaluation import metrics as M
 from lit_rlhf.evaluation.stats import win_rate
 from tests.conftest import REPO, TINY_GPT2, reverse_records, run_cli, shared_data, write_jsonl
@@ -162,6 +170,20 @@ def test_kl_is_zero_to_itself_and_the_mean_log_ratio_to_another(exported, policy
     assert [g.response_ids for g in again] == [g.response_ids for g in gens]
 
 
+def test_sampled_responses_depend_on_the_seed_and_the_prompt_index_not_on_the_batch(policy):
+    model, tokenizer = policy
+    prompts = [EvalPrompt([{"role": "user", "content": r["prompt"]}]) for r in reverse_records(6, seed=4)]
+    kwargs = {"max_new_tokens": 6, "do_sample": True, "seed": 3}
+    whole = [g.response_ids for g in M.generate(model, tokenizer, prompts, batch_size=6, **kwargs)]
+    assert [g.response_ids for g in M.generate(model, tokenizer, prompts, batch_size=1, **kwargs)] == whole
+    # A process's share (every second prompt, at its index in the whole set) samples what one process samples.
+    share = M.generate(model, tokenizer, prompts[1::2], indices=[1, 3, 5], batch_size=2, **kwargs)
+    assert [g.response_ids for g in share] == whole[1::2]
+    # Another seed samples other responses, and sampling is not greedy decoding (a random model is far from sharp).
+    assert [g.response_ids for g in M.generate(model, tokenizer, prompts, **{**kwargs, "seed": 4})] != whole
+    assert [g.response_ids for g in M.generate(model, tokenizer, prompts, max_new_tokens=6)] != whole
+
+
 def test_lm_loss_matches_transformers_loss(policy):
     model, tokenizer = policy
     text = "Reverse: catdog godtac"
@@ -215,7 +237,7 @@ def test_benchmark_parsers_name_the_bad_line(tmp_path):
 
 def test_evaluate_writes_results_plot_and_judges_what_it_generated(exported, tmp_path):
     out = tmp_path / "eval"
-    results = evaluate(
+    options = EvaluateOptions(
         {"sft": exported["sft"], "ppo": exported["ppo"]},
         str(exported["prompts"]),
         baseline="sft",
@@ -226,8 +248,8 @@ def test_evaluate_writes_results_plot_and_judges_what_it_generated(exported, tmp
         output_dir=out,
         max_new_tokens=8,
         do_sample=True,
-        print_table=False,
     )
+    results = evaluate(options, print_table=False)
     assert json.loads((out / "results.json").read_text()) == results
     assert set(results) == {"sft", "ppo"}
     for figures in results.values():
@@ -254,10 +276,15 @@ def test_evaluate_measures_fewshot_accuracy_on_raw_text_probes(exported, policy,
 
     probes = write_fewshot_probes(tmp_path / "fewshot.jsonl", n=5)
     with pytest.raises(ValueError, match="--fewshot_file"):
-        evaluate({"sft": exported["sft"]}, str(exported["prompts"]), fewshot_file=str(tmp_path / "nowhere.jsonl"))
+        evaluate(
+            EvaluateOptions(
+                {"sft": exported["sft"]}, str(exported["prompts"]), fewshot_file=str(tmp_path / "nowhere.jsonl")
+            )
+        )
     out = tmp_path / "eval"
-    results = evaluate({"sft": exported["sft"]}, str(exported["prompts"]), fewshot_file=str(probes), output_dir=out,
-                       max_examples=2, max_new_tokens=2, print_table=False)  # fmt: skip
+    options = EvaluateOptions({"sft": exported["sft"]}, str(exported["prompts"]), fewshot_file=str(probes),
+                              output_dir=out, max_examples=2, max_new_tokens=2)  # fmt: skip
+    results = evaluate(options, print_table=False)
     expected = M.fewshot_accuracy(*policy, M.read_fewshot(str(probes), max_examples=2))
     assert results["sft"]["fewshot_accuracy"] == pytest.approx(expected)
     assert json.loads((out / "results.json").read_text())["sft"]["fewshot_accuracy"] == pytest.approx(expected)
@@ -271,17 +298,19 @@ def test_evaluate_rejects_missing_and_incomplete_policies_before_generating(expo
     calls = []
     with pytest.raises(ValueError) as err:
         evaluate(
-            {"sft": exported["sft"], "ppo": tmp_path / "nowhere", "ppo_ptx": incomplete},
-            str(exported["prompts"]),
-            judge=lambda p, a, b: calls.append(p) or 1.0,
-            output_dir=tmp_path / "out",
+            EvaluateOptions(
+                {"sft": exported["sft"], "ppo": tmp_path / "nowhere", "ppo_ptx": incomplete},
+                str(exported["prompts"]),
+                judge=lambda p, a, b: calls.append(p) or 1.0,
+                output_dir=tmp_path / "out",
+            )
         )
     text = str(err.value)
     assert "'ppo'" in text and "nowhere" in text and "not a directory" in text
     assert "'ppo_ptx'" in text and "lit_rlhf.json" in text  # every problem at once
     assert not calls and not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="--baseline 'base' is not one of"):
-        evaluate({"sft": exported["sft"]}, str(exported["prompts"]), baseline="base")
+        evaluate(EvaluateOptions({"sft": exported["sft"]}, str(exported["prompts"]), baseline="base"))
 
 
 def test_cli_evaluate_runs_without_model_or_data(exported, tmp_path, monkeypatch):
@@ -317,16 +346,17 @@ def test_shipped_evaluate_configs_parse(monkeypatch):
 
 
 def test_real_benchmarks_run_through_evaluate(exported, tmp_path):
-    results = evaluate(
+    options = EvaluateOptions(
         {"sft": exported["sft"]},
         str(exported["prompts"]),
         truthfulqa_file=str(shared_data("truthfulqa_817.jsonl")),
         gsm8k_file=str(shared_data("gsm8k_test_500.jsonl")),
+        output_dir=None,
         max_examples=2,
         max_new_tokens=2,
         gsm8k_max_new_tokens=4,
-        print_table=False,
     )
+    results = evaluate(options, print_table=False)
     assert results["sft"]["truthfulqa_mc1"] in (0.0, 0.5, 1.0) and results["sft"]["gsm8k_accuracy"] in (0.0, 0.5, 1.0)
     assert results["sft"]["win_rate"] is None and results["sft"]["n"] == 2
 
@@ -347,6 +377,7 @@ def _cli_evaluate(exported, out, *flags: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 def test_two_processes_evaluate_as_one_process(exported, tmp_path, strategy):
     """11 prompts and 6 texts over 2 processes (uneven shares): greedy responses, win rates and every figure equal
@@ -367,6 +398,7 @@ def test_two_processes_evaluate_as_one_process(exported, tmp_path, strategy):
     assert r1["ppo"]["lm_loss"] > 0 and r1["ppo"]["kl_to_sft"] > 0
 
 
+@pytest.mark.slow
 def test_a_bad_judge_stops_every_process(exported, tmp_path):
     proc = _cli_evaluate(exported, tmp_path / "out", "--judge", "tests.test_evaluation:no_such_judge",
                          "--trainer.devices=2", "--trainer.strategy=ddp")  # fmt: skip

@@ -72,7 +72,7 @@ def test_fewshot_accuracy_cuts_the_continuation_at_the_first_period_or_newline(t
         seen.extend(prompts)
         return [tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
 
-    monkeypatch.setattr(M, "generate_responses", fake_generate)
+    monkeypatch.setattr(M, "generate_greedy", fake_generate)
     assert M.fewshot_accuracy(tiny_lm, tokenizer, records) == pytest.approx(3 / 6)
     assert seen[0] == tokenizer("c a t backwards is", add_special_tokens=False)["input_ids"]  # raw text, no template
     continuations[:] = [" t a c."]

@@ -123,6 +123,7 @@ def _statuses(root: Path) -> dict[str, str]:
     return {k: v["status"] for k, v in json.loads((root / "pipeline.json").read_text())["stages"].items()}
 
 
+@pytest.mark.slow
 def test_smoke_pipeline_completes_and_resumes(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # stage configs are named relative to the repository, as in the README
     args = ["pipeline", "-c", "configs/pipeline/smoke.yaml", "--runs_dir", str(tmp_path)]
@@ -179,6 +180,7 @@ def test_smoke_pipeline_completes_and_resumes(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- the walkthrough notebook
 
 
+@pytest.mark.slow
 def test_walkthrough_notebook_runs(tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")

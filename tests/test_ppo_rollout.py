@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from lit_rlhf.data.prompts import parse_prompt_record
 from lit_rlhf.data.records import DataError, Source
+from lit_rlhf.generation import SeededSampler, sample_responses, sample_seed
 from lit_rlhf.models import load_model, load_tokenizer
-from lit_rlhf.ppo.rollout import Rollout, RolloutBuffer, SeededSampler, first_eos_mask, generate_responses
-from tests.conftest import TINY_GPT2
+from lit_rlhf.ppo.rollout import Rollout, RolloutBuffer, first_eos_mask
+from tests.conftest import REPO, TINY_GPT2
 
 EOS = 0
 
@@ -49,6 +54,15 @@ def test_seeded_sampler_follows_the_warped_distribution():
     assert freq.tolist() == pytest.approx((p / p.sum()).tolist(), abs=0.03)
 
 
+def test_sample_seeds_are_the_same_in_every_process():
+    # PPO's rollout with N processes, a resumed run and sampled evaluation all rely on it (a str hash would differ)
+    code = "from lit_rlhf.generation import sample_seed; print(sample_seed(0, 3, 7), sample_seed(5, 2))"
+    env = {**os.environ, "PYTHONHASHSEED": "123"}
+    other = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=True)
+    assert other.stdout.split() == [str(sample_seed(0, 3, 7)), str(sample_seed(5, 2))]
+    assert len({sample_seed(0, 3, 7), sample_seed(0, 3, 8), sample_seed(0, 4, 7), sample_seed(1, 3, 7)}) == 4
+
+
 def test_generation_is_the_same_alone_or_in_a_batch(tokenizer_dir):
     tok = load_tokenizer(str(tokenizer_dir))
     torch.manual_seed(0)
@@ -58,9 +72,9 @@ def test_generation_is_the_same_alone_or_in_a_batch(tokenizer_dir):
 
     kwargs = {"max_new_tokens": 6, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
     ids, mask = pad_left(prompts, tok.pad_token_id)
-    together = generate_responses(model, ids, mask.bool(), [1, 2], **kwargs)
+    together = sample_responses(model, ids, mask.bool(), [1, 2], **kwargs)
     ids1, mask1 = pad_left(prompts[1:], tok.pad_token_id)
-    alone = generate_responses(model, ids1, mask1.bool(), [2], **kwargs)
+    alone = sample_responses(model, ids1, mask1.bool(), [2], **kwargs)
     assert together[1, : alone.shape[1]].tolist() == alone[0].tolist()
     counted, _ = first_eos_mask(together, tok.eos_token_id)
     assert not (together[counted] == tok.pad_token_id).any()  # the pad token is never sampled

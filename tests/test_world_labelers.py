@@ -315,8 +315,10 @@ def test_collect_comparisons_writes_rankings_the_rm_parser_accepts(world, tiny_p
         assert 2 <= len(example.completions) <= 4 and sorted(record["ranking"]) == list(range(len(example.ranks)))
         labeler = Labeler()  # the default labeler ranked them
         assert record["ranking"] == labeler.rank(record["prompt"], record["completions"])
-    # Same seed, same file; another seed samples differently.
-    again = collect_comparisons(tiny_policy, world.comparison_prompts_train, tmp_path / "again.jsonl", **kwargs)
+    # Same seed, same file, whatever the batch size (one seeded stream per sample); another seed samples differently.
+    again = collect_comparisons(
+        tiny_policy, world.comparison_prompts_train, tmp_path / "again.jsonl", **kwargs, batch_size=5
+    )
     assert (tmp_path / "again.jsonl").read_bytes() == out.read_bytes() and again == stats
     collect_comparisons(tiny_policy, world.comparison_prompts_train, tmp_path / "s1.jsonl", **{**kwargs, "seed": 1})
     assert (tmp_path / "s1.jsonl").read_bytes() != out.read_bytes()

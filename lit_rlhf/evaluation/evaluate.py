@@ -10,27 +10,28 @@ Outputs (written atomically into ``output_dir``):
 
 Under several processes (``lit-rlhf evaluate --trainer.devices=N --trainer.strategy=ddp|fsdp2``, or any initialised
 ``torch.distributed`` group), every process loads each policy whole and takes every N-th prompt, text, question and
-probe; the figures are combined with their weights (examples, or tokens for the LM loss), so greedy decoding gives
-the single-process results; rank 0 judges all responses and writes the outputs.
+probe; the figures are combined with their weights (examples, or tokens for the LM loss), so greedy decoding and
+seeded sampling give the single-process results; rank 0 judges all responses and writes the outputs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
 
-from lit_rlhf.data.collate import Template
-from lit_rlhf.data.records import expand_files
 from lit_rlhf.evaluation import metrics as M
 from lit_rlhf.evaluation.judges import Judge, RewardModelJudge, judge_name, judge_pairs, load_judge
+from lit_rlhf.evaluation.options import EvaluateOptions
 from lit_rlhf.evaluation.plots import plot_win_rates
 from lit_rlhf.evaluation.prompts import EvalPrompt, load_eval_prompts
 from lit_rlhf.evaluation.stats import win_rate
@@ -85,196 +86,266 @@ def _weighted(value_weight: list[tuple[float | None, float]]) -> float | None:
     return sum(v * w for v, w in value_weight if v is not None) / total
 
 
-def check_options(
-    policies: Mapping[str, str | os.PathLike],
-    baseline: str,
-    prompts_file: str | list[str],
-    rm_dir: str | None,
-    files: Mapping[str, str | None],
-    max_examples: int | None,
-    max_new_tokens: int,
-    temperature: float,
-) -> None:
-    """Raise one ValueError listing every problem with the options, before any model is loaded."""
-    problems = []
-    if not policies:
-        problems.append("--policies is empty; give at least the baseline, e.g. {sft: runs/sft/hf, ppo: runs/ppo/hf}")
-    elif baseline not in policies:
-        problems.append(f"--baseline {baseline!r} is not one of --policies {sorted(policies)}")
-    for name, path in policies.items():
-        problems.extend(M.policy_dir_problems(name, path))
-    for flag, value in {"--prompts_file": prompts_file, **files}.items():
-        if value is None:
-            continue
-        try:
-            expand_files(value)
-        except ValueError as e:
-            problems.append(f"{flag}: {e}")
-    if rm_dir is not None and not (Path(rm_dir) / "config.json").is_file():
-        problems.append(f"--rm_dir {rm_dir}: no config.json there (not a reward-model directory)")
-    if max_examples is not None and max_examples < 1:
-        problems.append(f"--max_examples must be >= 1 or null, got {max_examples}")
-    if max_new_tokens < 1:
-        problems.append(f"--max_new_tokens must be >= 1, got {max_new_tokens}")
-    if temperature <= 0:
-        problems.append(f"--temperature must be > 0, got {temperature}")
-    if problems:
-        raise ValueError("cannot evaluate:\n  " + "\n  ".join(problems))
+@dataclass(frozen=True)
+class EvalData:
+    """What every policy is evaluated on; a benchmark not asked for is None.
+
+    Attributes:
+        prompts: The held-out prompts every policy answers and the judges see.
+        indices: Each prompt's index in the whole evaluation set (it seeds the prompt's sampling stream).
+        texts: Pretraining texts for the LM loss.
+        truthfulqa: TruthfulQA questions (MC1).
+        gsm8k: GSM8K problems.
+        fewshot: Few-shot skill probes.
+    """
+
+    prompts: list[EvalPrompt]
+    indices: list[int]
+    texts: list[str] | None
+    truthfulqa: list[M.MCQuestion] | None
+    gsm8k: list[M.MathProblem] | None
+    fewshot: list[dict[str, str]] | None
+
+    @classmethod
+    def read(cls, options: EvaluateOptions) -> EvalData:
+        """The first ``options.max_examples`` of every file the options name."""
+        o, n = options, options.max_examples
+        prompts = load_eval_prompts(o.prompts_file, n)
+        return cls(
+            prompts=prompts,
+            indices=list(range(len(prompts))),
+            texts=M.read_texts(o.pretraining_file, n) if o.pretraining_file else None,
+            truthfulqa=M.parse_truthfulqa(o.truthfulqa_file, n) if o.truthfulqa_file else None,
+            gsm8k=M.parse_gsm8k(o.gsm8k_file, n) if o.gsm8k_file else None,
+            fewshot=M.read_fewshot(o.fewshot_file, n) if o.fewshot_file else None,
+        )
+
+    def share(self, shard: Shard) -> EvalData:
+        """This process's share: every ``shard.world``-th prompt, text, question and probe."""
+        return EvalData(*(shard.take(getattr(self, f.name)) for f in dataclasses.fields(self)))
+
+    def benchmarks(self) -> dict[str, list | None]:
+        """Figure name -> the examples it is measured on."""
+        return {
+            "lm_loss": self.texts,
+            "fewshot_accuracy": self.fewshot,
+            "truthfulqa_mc1": self.truthfulqa,
+            "gsm8k_accuracy": self.gsm8k,
+        }
+
+
+Figures = dict[str, tuple[float | None, float]]
+"""Figure name -> (value on this process's share, its weight: examples, or tokens for the LM loss)."""
 
 
 def evaluate(
-    policies: Mapping[str, str | os.PathLike],
-    prompts_file: str | list[str],
-    baseline: str = "sft",
-    judge: Judge | Callable[..., Any] | str | None = None,
-    output_dir: str | os.PathLike | None = None,
-    rm_dir: str | None = None,
-    pretraining_file: str | list[str] | None = None,
-    truthfulqa_file: str | None = None,
-    gsm8k_file: str | None = None,
-    fewshot_file: str | list[str] | None = None,
-    response_metrics: Mapping[str, str | M.ResponseMetric] | str | None = None,
-    max_examples: int | None = None,
-    max_new_tokens: int = 64,
-    gsm8k_max_new_tokens: int = 256,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    seed: int = 0,
-    batch_size: int = 16,
-    template: Template = "auto",
-    lm_max_length: int = 512,
-    shuffle_positions: bool = True,
+    options: EvaluateOptions,
+    *,
     device: str | torch.device | None = None,
     logger: Any | None = None,
     print_table: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """Evaluate ``policies`` against ``baseline``; see :meth:`lit_rlhf.cli.LitRLHFTrainer.evaluate` for the options.
+    """Evaluate ``options.policies`` against ``options.baseline`` (the options: :class:`EvaluateOptions`).
+
+    From Python, ``options.judge`` may also be a :class:`Judge` or a judge function itself (see :func:`load_judge`).
+
+    Args:
+        device: Where the policies run; the GPU when there is one, else the CPU, when None.
+        logger: A Lightning logger the figures, settings, table and plot go to.
+        print_table: Print the results table.
 
     Returns:
         Policy name -> figures: ``n`` (judged prompts), ``win_rate`` and ``win_rate_ci95`` ([low, high], Wilson,
         ties half) by ``judge``, ``rm_win_rate`` and ``rm_win_rate_ci95`` by ``rm_dir``, ``kl_to_<baseline>``,
         ``lm_loss``, ``fewshot_accuracy``, ``response_tokens``, ``eos_rate``, and when asked ``truthfulqa_mc1``,
         ``gsm8k_accuracy`` and one rate per response metric. A figure that was not computed is None. The baseline's
-        win rates are 0.5 by definition (it is not judged against itself).
+        win rates are 0.5 by definition (it is not judged against itself). Empty on every process but rank 0.
     """
-    # 1. Check everything that can be checked before loading a model.
-    files = {"--pretraining_file": pretraining_file, "--truthfulqa_file": truthfulqa_file, "--gsm8k_file": gsm8k_file,
-             "--fewshot_file": fewshot_file}  # fmt: skip
-    check_options(policies, baseline, prompts_file, rm_dir, files, max_examples, max_new_tokens, temperature)
+    # 1. Check everything that can be checked before loading a model; read the data; load the judges (rank 0).
+    options.check()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     shard = Shard.current()
-    prompts = load_eval_prompts(prompts_file, max_examples)
-    texts = M.read_texts(pretraining_file, max_examples) if pretraining_file else None
-    truthfulqa = M.parse_truthfulqa(truthfulqa_file, max_examples) if truthfulqa_file else None
-    gsm8k = M.parse_gsm8k(gsm8k_file, max_examples) if gsm8k_file else None
-    fewshot = M.read_fewshot(fewshot_file, max_examples) if fewshot_file else None
-    extra_metrics = M.resolve_response_metrics(response_metrics)
-    the_judge = rm_judge = problem = None
-    if shard.rank == 0:  # only rank 0 judges
+    data = EvalData.read(options)
+    response_metrics = M.resolve_response_metrics(options.response_metrics)
+    judge, rm_judge = load_judges(options, shard, device)
+    # 2. Generate and measure with every policy on this process's share, then combine the processes' figures
+    # (every rank takes part; rank 0 goes on alone).
+    order = [options.baseline, *[n for n in options.policies if n != options.baseline]]
+    local = measure_policies(options, order, data.share(shard), device)
+    gathered = shard.gather(local)
+    if shard.rank != 0:
+        return {}
+    results = combine_figures([figures for figures, _ in gathered], order, data, options.baseline)
+    responses = {name: shard.unshard([r[name] for _, r in gathered]) for name in order}
+    # 3. Judge each policy's responses against the baseline's, and measure the response metrics.
+    for name in order:
+        for prefix, j in (("", judge), ("rm_", rm_judge)):
+            results[name].update(_judged(prefix, j, name, data.prompts, responses, options))
+        for metric_name, metric in response_metrics.items():
+            results[name][metric_name] = M.response_rate(metric, data.prompts, responses[name])
+    results = {name: {k: _json_value(v) for k, v in results[name].items()} for name in options.policies}
+    # 4. Report: table, files, logger.
+    report(options, results, data.prompts, responses, judge, logger, print_table)
+    return results
+
+
+def load_judges(options: EvaluateOptions, shard: Shard, device: torch.device) -> tuple[Judge | None, Judge | None]:
+    """The judge and the reward-model judge, on rank 0 (None elsewhere: only rank 0 judges).
+
+    A judge that cannot be loaded stops every process, not only rank 0 (the others would wait for it at the first
+    collective).
+    """
+    judge = rm_judge = problem = None
+    if shard.rank == 0:
         try:
-            the_judge = load_judge(judge, device=device) if judge is not None else None
-            rm_judge = _rm_judge(the_judge, rm_dir, device)
-        except Exception as e:  # every rank must stop, not wait for rank 0 at the first collective
+            judge = load_judge(options.judge, device=device) if options.judge is not None else None
+            rm_judge = _rm_judge(judge, options.rm_dir, device)
+        except Exception as e:  # re-raised below, after every rank has heard of it
             problem = e
     problems = shard.gather(None if problem is None else f"{type(problem).__name__}: {problem}")
     if problem is not None:
         raise problem
     if problems[0] is not None:
         raise RuntimeError(f"evaluate: rank 0 could not load the judge ({problems[0]})")
+    return judge, rm_judge
 
-    # 2. Generate with every policy (baseline first: each other policy's KL is measured against it), on this
-    # process's share of the prompts and examples; each figure is kept with its weight.
-    my_prompts, my_texts = shard.take(prompts), shard.take(texts)
-    my_truthfulqa, my_gsm8k, my_fewshot = shard.take(truthfulqa), shard.take(gsm8k), shard.take(fewshot)
-    order = [baseline, *[n for n in policies if n != baseline]]
-    base_model, base_tokenizer = M.load_policy(policies[baseline], device)
-    kl_key = f"kl_to_{baseline}"
-    local: dict[str, dict[str, tuple[float | None, float]]] = {}
-    local_responses: dict[str, list[str]] = {}
-    gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
-                      seed=seed + shard.rank, batch_size=batch_size, template=template)  # fmt: skip
+
+@dataclass(frozen=True)
+class Policy:
+    """A loaded policy and its name in ``--policies``."""
+
+    name: str
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+
+    @classmethod
+    def load(cls, options: EvaluateOptions, name: str, device: torch.device) -> Policy:
+        return cls(name, *M.load_policy(options.policies[name], device))
+
+
+def measure_policies(
+    options: EvaluateOptions, order: list[str], data: EvalData, device: torch.device
+) -> tuple[dict[str, Figures], dict[str, list[str]]]:
+    """Generate with every policy in ``order`` (the baseline first: each other policy's KL is measured against it)
+    on ``data``, and measure it.
+
+    Returns:
+        Policy name -> its figures, and policy name -> its responses to ``data.prompts``.
+    """
+    base = Policy.load(options, options.baseline, device)
+    figures: dict[str, Figures] = {}
+    responses: dict[str, list[str]] = {}
     for name in order:
-        log.info("evaluate: generating with %s (%s) on %d prompts", name, policies[name], len(my_prompts))
-        model, tokenizer = (base_model, base_tokenizer) if name == baseline else M.load_policy(policies[name], device)
-        generations = M.generate(model, tokenizer, my_prompts, **gen_kwargs) if my_prompts else []
-        local_responses[name] = [g.text for g in generations]
-        n = len(generations)
-        figures: dict[str, tuple[float | None, float]] = {
-            "response_tokens": (sum(len(g.response_ids) for g in generations) / n if n else None, n),
-            "eos_rate": (sum(g.ended for g in generations) / n if n else None, n),
+        log.info("evaluate: generating with %s (%s) on %d prompts", name, options.policies[name], len(data.prompts))
+        policy = base if name == base.name else Policy.load(options, name, device)
+        generations = M.generate(
+            policy.model,
+            policy.tokenizer,
+            data.prompts,
+            indices=data.indices,
+            template=options.template,
+            **options.generation_settings(),
+        )
+        responses[name] = [g.text for g in generations]
+        figures[name] = {
+            **response_figures(generations),
+            f"kl_to_{base.name}": kl_figure(policy, base, generations, options.batch_size),
+            **benchmark_figures(policy, data, options),
         }
-        if name == baseline:
-            figures[kl_key] = (0.0, 1)
-        elif M.same_vocabulary(tokenizer, base_tokenizer):
-            kl = M.kl_to_baseline(model, base_model, generations, tokenizer.pad_token_id, batch_size) if n else None
-            figures[kl_key] = (kl, n)
-        else:
-            log.warning("evaluate: %s and %s have different vocabularies; no KL between them", name, baseline)
-            figures[kl_key] = (None, 0)
-        if my_texts:
-            figures["lm_loss"] = M.lm_loss(model, tokenizer, my_texts, lm_max_length, batch_size, return_count=True)
-        if my_fewshot:
-            figures["fewshot_accuracy"] = (M.fewshot_accuracy(model, tokenizer, my_fewshot, batch_size=batch_size),
-                                           len(my_fewshot))  # fmt: skip
-        if my_truthfulqa:
-            figures["truthfulqa_mc1"] = (M.mc_accuracy(model, tokenizer, my_truthfulqa, template, batch_size),
-                                         len(my_truthfulqa))  # fmt: skip
-        if my_gsm8k:
-            figures["gsm8k_accuracy"] = (
-                M.gsm8k_accuracy(model, tokenizer, my_gsm8k, gsm8k_max_new_tokens, template, batch_size),
-                len(my_gsm8k),
-            )
-        local[name] = figures
-        if name != baseline:
-            del model
-    del base_model
+        del policy  # the baseline stays loaded (as base) until every policy is measured
+    return figures, responses
 
-    # Combine the processes' figures (every rank takes part; rank 0 goes on alone).
-    gathered = shard.gather((local, local_responses))
-    if shard.rank != 0:
-        return {}
-    all_figures = [figures for figures, _ in gathered]
-    responses = {name: shard.unshard([r[name] for _, r in gathered]) for name in order}
-    keys = {"lm_loss": texts, "fewshot_accuracy": fewshot, "truthfulqa_mc1": truthfulqa, "gsm8k_accuracy": gsm8k}
+
+def response_figures(generations: list[M.Generation]) -> Figures:
+    """Mean response length in tokens and the share of responses that ended with EOS."""
+    n = len(generations)
+    return {
+        "response_tokens": (sum(len(g.response_ids) for g in generations) / n if n else None, n),
+        "eos_rate": (sum(g.ended for g in generations) / n if n else None, n),
+    }
+
+
+def kl_figure(
+    policy: Policy, base: Policy, generations: list[M.Generation], batch_size: int
+) -> tuple[float | None, float]:
+    """KL of ``policy`` to the baseline on its own responses (0 for the baseline; None across vocabularies)."""
+    if policy is base:
+        return 0.0, 1
+    if not M.same_vocabulary(policy.tokenizer, base.tokenizer):
+        log.warning("evaluate: %s and %s have different vocabularies; no KL between them", policy.name, base.name)
+        return None, 0
+    if not generations:  # this process's share of the prompts is empty
+        return None, 0
+    kl = M.kl_to_baseline(policy.model, base.model, generations, policy.tokenizer.pad_token_id, batch_size)
+    return kl, len(generations)
+
+
+def benchmark_figures(policy: Policy, data: EvalData, options: EvaluateOptions) -> Figures:
+    """LM loss, few-shot accuracy, TruthfulQA MC1 and GSM8K accuracy, each where its data was given."""
+    model, tokenizer, o = policy.model, policy.tokenizer, options
+    figures: Figures = {}
+    if data.texts:
+        figures["lm_loss"] = M.lm_loss(model, tokenizer, data.texts, o.lm_max_length, o.batch_size, return_count=True)
+    if data.fewshot:
+        accuracy = M.fewshot_accuracy(model, tokenizer, data.fewshot, batch_size=o.batch_size)
+        figures["fewshot_accuracy"] = (accuracy, len(data.fewshot))
+    if data.truthfulqa:
+        accuracy = M.mc_accuracy(model, tokenizer, data.truthfulqa, o.template, o.batch_size)
+        figures["truthfulqa_mc1"] = (accuracy, len(data.truthfulqa))
+    if data.gsm8k:
+        accuracy = M.gsm8k_accuracy(model, tokenizer, data.gsm8k, o.gsm8k_max_new_tokens, o.template, o.batch_size)
+        figures["gsm8k_accuracy"] = (accuracy, len(data.gsm8k))
+    return figures
+
+
+def combine_figures(
+    per_process: list[dict[str, Figures]], order: list[str], data: EvalData, baseline: str
+) -> dict[str, dict[str, Any]]:
+    """Every process's figures combined with their weights, per policy in ``order``.
+
+    LM loss and few-shot accuracy are always reported (None when not asked); TruthfulQA and GSM8K only when asked.
+    """
+    benchmarks = data.benchmarks()
     results: dict[str, dict[str, Any]] = {}
     for name in order:
-        figures = {"n": len(prompts)}
-        for key in ("response_tokens", "eos_rate", kl_key, *keys):
-            if key in keys and not keys[key]:
+        figures: dict[str, Any] = {"n": len(data.prompts)}
+        for key in ("response_tokens", "eos_rate", f"kl_to_{baseline}", *benchmarks):
+            if key in benchmarks and not benchmarks[key]:
                 if key in ("lm_loss", "fewshot_accuracy"):
-                    figures[key] = None  # always reported, None when not asked
+                    figures[key] = None
                 continue
-            figures[key] = _weighted([f[name].get(key, (None, 0)) for f in all_figures])
+            figures[key] = _weighted([f[name].get(key, (None, 0)) for f in per_process])
         results[name] = figures
-
-    # 3. Judge each policy's responses against the baseline's, and measure the response metrics.
-    for name in order:
-        for prefix, j in (("", the_judge), ("rm_", rm_judge)):
-            results[name].update(_judged(prefix, j, name, baseline, prompts, responses, seed, shuffle_positions))
-        for metric_name, metric in extra_metrics.items():
-            results[name][metric_name] = M.response_rate(metric, prompts, responses[name])
-    results = {name: results[name] for name in policies}  # the user's order
-    results = {name: {k: _json_value(v) for k, v in figures.items()} for name, figures in results.items()}
-
-    # 4. Report: table, files, logger.
-    settings = {
-        "policies": {k: str(v) for k, v in policies.items()},
-        "baseline": baseline,
-        "judge": judge_name(the_judge) if the_judge else None,
-        "rm_dir": rm_dir,
-        "prompts_file": prompts_file,
-        "n_prompts": len(prompts),
-        "generation": {k: v for k, v in gen_kwargs.items() if k != "template"},
-        "template": template,
-        "shuffle_positions": shuffle_positions,
-    }
-    table_text = render_table(results, baseline, print_table)
-    if output_dir is not None:
-        write_outputs(Path(output_dir), results, settings, table_text, prompts, responses)
-    if logger is not None:
-        log_results(logger, results, settings, Path(output_dir) / PLOT_FILE if output_dir is not None else None)
     return results
+
+
+def report(
+    options: EvaluateOptions,
+    results: dict[str, dict[str, Any]],
+    prompts: list[EvalPrompt],
+    responses: dict[str, list[str]],
+    judge: Judge | None,
+    logger: Any | None,
+    print_table: bool,
+) -> None:
+    """Print the table; write the outputs into ``options.output_dir``; log to ``logger``."""
+    settings = {
+        "policies": {k: str(v) for k, v in options.policies.items()},
+        "baseline": options.baseline,
+        "judge": judge_name(judge) if judge else None,
+        "rm_dir": options.rm_dir,
+        "prompts_file": options.prompts_file,
+        "n_prompts": len(prompts),
+        "generation": options.generation_settings(),
+        "template": options.template,
+        "shuffle_positions": options.shuffle_positions,
+    }
+    table_text = render_table(results, options.baseline, print_table)
+    output_dir = Path(options.output_dir) if options.output_dir is not None else None
+    if output_dir is not None:
+        write_outputs(output_dir, results, settings, table_text, prompts, responses)
+    if logger is not None:
+        log_results(logger, results, settings, output_dir / PLOT_FILE if output_dir is not None else None)
 
 
 def _rm_judge(judge: Judge | None, rm_dir: str | None, device: torch.device) -> RewardModelJudge | None:
@@ -289,17 +360,17 @@ def _judged(
     prefix: str,
     judge: Judge | None,
     name: str,
-    baseline: str,
     prompts: Sequence[EvalPrompt],
     responses: Mapping[str, list[str]],
-    seed: int,
-    shuffle_positions: bool,
+    options: EvaluateOptions,
 ) -> dict[str, Any]:
     if judge is None:
         return {f"{prefix}win_rate": None, f"{prefix}win_rate_ci95": None}
-    if name == baseline:  # against itself: a tie by definition
+    if name == options.baseline:  # against itself: a tie by definition
         return {f"{prefix}win_rate": 0.5, f"{prefix}win_rate_ci95": [0.5, 0.5]}
-    outcomes = judge_pairs(judge, prompts, responses[name], responses[baseline], seed, shuffle_positions)
+    outcomes = judge_pairs(
+        judge, prompts, responses[name], responses[options.baseline], options.seed, options.shuffle_positions
+    )
     wr = win_rate(outcomes)
     return {f"{prefix}win_rate": wr.rate, f"{prefix}win_rate_ci95": [wr.low, wr.high]}
 
@@ -401,4 +472,4 @@ def log_results(logger: Any, results: Mapping[str, Mapping[str, Any]], settings:
     logger.save()
 
 
-__all__ = ["PLOT_FILE", "RESULTS_FILE", "check_options", "evaluate", "log_results", "render_table", "write_outputs"]
+__all__ = ["PLOT_FILE", "RESULTS_FILE", "EvalData", "evaluate", "log_results", "render_table", "write_outputs"]

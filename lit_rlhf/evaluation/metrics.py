@@ -23,7 +23,7 @@ from lit_rlhf.data.collate import Template, encode_completion, encode_prompt, pa
 from lit_rlhf.data.prompts import parse_text_record
 from lit_rlhf.data.records import DataError, read_records
 from lit_rlhf.evaluation.prompts import EvalPrompt
-from lit_rlhf.generation import generate_responses
+from lit_rlhf.generation import generate_greedy, sample_in_batches, sample_seed
 
 log = logging.getLogger(__name__)
 
@@ -116,27 +116,37 @@ def generate(
     temperature: float = 1.0,
     top_p: float = 1.0,
     seed: int = 0,
+    indices: Sequence[int] | None = None,
     batch_size: int = 16,
     template: Template = "auto",
 ) -> list[Generation]:
-    """One response per prompt, greedy or sampled; sampling is seeded, so a rerun gives the same responses.
+    """One response per prompt, greedy or sampled.
 
-    A prompt too long for the model's context and ``max_new_tokens`` loses its oldest tokens.
+    Sampling draws each prompt's response from its own stream, seeded by ``seed`` and the prompt's index
+    (:func:`lit_rlhf.generation.sample_seed`), so a prompt gets the same response in a rerun, in any batch and on
+    any process. A prompt too long for the model's context and ``max_new_tokens`` loses its oldest tokens.
+
+    Args:
+        indices: Each prompt's index in the whole evaluation set (what a process's share keeps); 0, 1, ... when None.
     """
     context = context_length(model)
     prompt_ids = [fit_context(encode_prompt(tokenizer, p.messages, template), max_new_tokens, context) for p in prompts]
-    torch.manual_seed(seed)
-    responses = generate_responses(
-        model,
-        prompt_ids,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        temperature=temperature,
-        top_p=top_p,
-        batch_size=batch_size,
-    )
+    ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    if do_sample:
+        indices = range(len(prompts)) if indices is None else indices
+        seeds = [sample_seed(seed, i) for i in indices]
+        responses = sample_in_batches(
+            model,
+            prompt_ids,
+            seeds,
+            **ids,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            batch_size=batch_size,
+        )
+    else:
+        responses = generate_greedy(model, prompt_ids, **ids, max_new_tokens=max_new_tokens, batch_size=batch_size)
     return [
         Generation(p, r, tokenizer.decode(r, skip_special_tokens=True).strip(), tokenizer.eos_token_id in r)
         for p, r in zip(prompt_ids, responses, strict=True)
@@ -426,7 +436,7 @@ def fewshot_accuracy(
         fit_context(tokenizer(r["prompt"], add_special_tokens=False)["input_ids"], max_new_tokens, context)
         for r in records
     ]
-    responses = generate_responses(
+    responses = generate_greedy(
         model,
         prompt_ids,
         pad_token_id=tokenizer.pad_token_id,

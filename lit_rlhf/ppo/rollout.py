@@ -2,10 +2,10 @@
 
 The pieces, in the order a PPO iteration uses them (see ``PPOModule.collect_rollout``):
 
-1. :func:`generate_responses` samples responses with Hugging Face ``generate`` and the KV cache from left-padded
-   prompts. Sampling (temperature, top-k, top-p) is done by :class:`SeededSampler`, one random stream per
-   prompt seeded from the prompt's identity, so a response does not depend on which other prompts share the
-   batch: the rollout is the same with 1 or N processes, and a resumed run samples what an unbroken one would.
+1. :func:`lit_rlhf.generation.sample_responses` samples responses with Hugging Face ``generate`` and the KV cache
+   from left-padded prompts, one random stream per prompt seeded from the prompt's identity, so a response does not
+   depend on which other prompts share the batch: the rollout is the same with 1 or N processes, and a resumed run
+   samples what an unbroken one would.
 2. :func:`first_eos_mask` masks everything after the first EOS.
 3. :func:`response_logprobs`, :func:`token_values` and :func:`score_at_last_token` run the policy, reference,
    value and reward models over ``prompt + response``, batched, without gradients. Log-probs use the logits
@@ -21,119 +21,15 @@ only, so padding never shifts a position (models were trained right-padded).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from lit_rlhf.losses import at_least_float32
+from lit_rlhf.models import score_head
 from lit_rlhf.ppo.core import entropy_from_logits, logprobs_from_logits
-from lit_rlhf.reward import score_head
-
-
-def sample_seed(seed: int, iteration: int, prompt_index: int) -> int:
-    """The sampling seed of one prompt in one PPO iteration (deterministic across processes and runs)."""
-    return hash((seed, iteration, prompt_index)) & (2**63 - 1)
-
-
-class SeededSampler(LogitsProcessor):
-    """Sampling inside greedy ``generate``: warp the logits, add Gumbel noise from one generator per row.
-
-    ``argmax(z + G)`` with ``G`` i.i.d. Gumbel(0, 1) is an exact sample from ``softmax(z)`` (the Gumbel-max trick),
-    so greedy decoding of the perturbed logits samples from the warped distribution. Each row draws its noise
-    from its own generator, so its sample never depends on the other rows of the batch.
-
-    Args:
-        seeds: One seed per row of the batch.
-        temperature: Divide the logits by this (> 0).
-        top_k: Keep only the ``top_k`` most likely tokens; 0 keeps all.
-        top_p: Keep the smallest set of most likely tokens whose probability reaches ``top_p``; 1 keeps all.
-        suppress_token_ids: Tokens never sampled (the pad token: it must only ever mean padding).
-        device: Where the generators live (the logits' device).
-    """
-
-    def __init__(
-        self,
-        seeds: Sequence[int],
-        temperature: float,
-        top_k: int,
-        top_p: float,
-        suppress_token_ids: Sequence[int],
-        device: torch.device,
-    ) -> None:
-        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
-        self.temperature = temperature
-        self.top_k = top_k
-        self.top_p = top_p
-        self.suppress_token_ids = list(suppress_token_ids)
-
-    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
-        logits = scores.float() / self.temperature
-        if self.suppress_token_ids:
-            logits[:, self.suppress_token_ids] = -torch.inf
-        if 0 < self.top_k < logits.shape[-1]:
-            kth = torch.topk(logits, self.top_k, dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, -torch.inf)
-        if self.top_p < 1.0:
-            sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-            cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-            # drop a token when the tokens before it already reach top_p (the most likely token always stays)
-            drop_sorted = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= self.top_p
-            logits = logits.masked_fill(drop_sorted.scatter(1, order, drop_sorted), -torch.inf)
-        uniform = torch.stack(
-            [torch.rand(logits.shape[-1], generator=g, device=logits.device) for g in self.generators]
-        )
-        gumbel = -torch.log(-torch.log(uniform.clamp(min=torch.finfo(torch.float32).tiny)))
-        return logits + gumbel
-
-
-@torch.no_grad()
-def generate_responses(
-    policy: nn.Module,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    seeds: Sequence[int],
-    *,
-    max_new_tokens: int,
-    eos_token_id: int,
-    pad_token_id: int,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-) -> Tensor:
-    """Sample one response per prompt with the KV cache, stopping each at its EOS.
-
-    Args:
-        policy: A causal LM (``generate`` is called on it directly, never on a DDP wrapper).
-        input_ids: (batch, prompt_len) prompts, left-padded.
-        attention_mask: (batch, prompt_len) bool, True on prompt tokens.
-        seeds: (batch,) sampling seed of each prompt, see :func:`sample_seed`.
-        max_new_tokens: Longest response.
-
-    Returns:
-        (batch, response_len) the sampled tokens, ``response_len <= max_new_tokens``; rows that ended early are
-        padded with ``pad_token_id`` after their EOS.
-    """
-    sampler = SeededSampler(seeds, temperature, top_k, top_p, [pad_token_id], input_ids.device)
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,  # the sampling happens in SeededSampler; greedy takes its argmax
-        eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id,
-    )
-    was_training = policy.training
-    policy.eval()
-    try:
-        generated = policy.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask.long(),
-            generation_config=config,
-            logits_processor=LogitsProcessorList([sampler]),
-        )
-    finally:
-        policy.train(was_training)
-    return generated[:, input_ids.shape[1] :]
 
 
 def first_eos_mask(responses: Tensor, eos_token_id: int) -> tuple[Tensor, Tensor]:
@@ -208,14 +104,14 @@ def response_logprobs(
         logits = response_logits(model, query_responses, attention_mask, response_len)
     else:
         logits, hidden = response_logits(model, query_responses, attention_mask, response_len, with_hidden=True)
-    logits = logits.float()
+    logits = at_least_float32(logits)
     if temperature != 1.0:
         logits = logits / temperature
     logprobs = logprobs_from_logits(logits, query_responses[:, -response_len:])
     entropy = entropy_from_logits(logits) if with_entropy else None
     if value_head is None:
         return logprobs, entropy
-    return logprobs, entropy, value_head(hidden).squeeze(-1).float()
+    return logprobs, entropy, at_least_float32(value_head(hidden).squeeze(-1))
 
 
 def per_position_scores(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -237,7 +133,7 @@ def per_position_scores(model: nn.Module, input_ids: Tensor, attention_mask: Ten
         handle.remove()
     if len(captured) != 1 or captured[0].shape[:2] != input_ids.shape:
         raise RuntimeError(f"{type(model).__name__}: expected its score head to run once over every position")
-    return captured[0].squeeze(-1).float()
+    return at_least_float32(captured[0].squeeze(-1))
 
 
 def token_values(model: nn.Module, query_responses: Tensor, attention_mask: Tensor, response_len: int) -> Tensor:

@@ -23,23 +23,6 @@ know."`` for an unanswerable question, a polite description for a toxicity promp
 Same parameters and seed give byte-identical files. Every stream of randomness is its own ``random.Random`` seeded
 from ``(seed, name)``, so changing ``n_val`` does not change the training set.
 
-Learnability, measured with a throwaway probe (plain torch loop, not the SFT stage): the scratch GPT-2 of the SFT
-stage (``n_layer=4, n_embd=128, n_head=4``), AdamW betas (0.9, 0.95), 50 warmup steps then cosine to 10%, batch 32,
-loss on completion tokens only, 2 CPU threads, 20000 training demonstrations, greedy decoding of 450 held-out tasks.
-The 2-core machine was shared with other jobs, so steps are the reliable unit; uncontended it ran ~9 steps/s
-(~5.8k tokens/s), i.e. two minutes is ~1100 steps.
-
-    all 9 kinds, lr 2e-3, dropout 0.1, 600 steps (66 s uncontended):   29.6% held-out exact match
-    all 9 kinds, lr 2e-3, dropout 0.1, 1100 steps (contended, 430 s):  52.0% held-out exact match
-        first_letter 0.97, last_letter 0.96, length 1.00, uppercase 0.53, repeat 0.38, reverse 0.28,
-        add 0.27, sort 0.20, subtract 0.00
-
-(Measured on world version 1, operations only. Version 2's default kinds add four families, so operations are
-8/12 of the demonstrations instead of all of them; version 3 demonstrates only the SFT pool, 75% of the training
-inputs.) The single-token answers are learned; the multi-letter copies (uppercase, repeat, reverse, sort) were still
-rising steeply (completion loss 0.55 and falling), and subtraction did not generalise to its 11 held-out pairs,
-so it is left out of the default kinds. The 70% target after two minutes is NOT yet demonstrated.
-
 Rendered examples are 13 to 28 tokens (mean 20) with the default 512-token vocabulary: every letter of a spelled
 word is one token, so the string tasks are learnable letter by letter.
 """
@@ -150,26 +133,16 @@ def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
 
 
 def demonstrations(
-    tasks: list[Task],
-    rng: random.Random,
-    error_rate: float,
-    flaw_rng: random.Random | None = None,
-    filler_rate: float = 0.0,
-    toxic_rate: float = 0.0,
-    invent_rate: float = 0.0,
+    tasks: list[Task], rng: random.Random, flaws: DemoFlaws, flaw_rng: random.Random | None = None
 ) -> list[dict[str, str]]:
     """Labeler demonstrations of ``tasks``: the exact answer, or a flawed one (``labelers.demonstrate``).
 
     Args:
         tasks: The tasks.
-        rng: Draws the small mistakes, with probability ``error_rate`` each.
-        error_rate: See ``labelers.DemoFlaws``, as are ``filler_rate``, ``toxic_rate`` and ``invent_rate``.
+        rng: Draws the small mistakes, with probability ``flaws.error_rate`` each.
+        flaws: How often a demonstration carries each flaw.
         flaw_rng: Draws the other flaws; ``rng`` when None.
-        filler_rate: Probability of a filler phrase.
-        toxic_rate: Probability of a toxic answer to a toxicity prompt without the respect instruction.
-        invent_rate: Probability of an invented answer to an unanswerable question.
     """
-    flaws = DemoFlaws(error_rate, filler_rate, toxic_rate, invent_rate)
     return [{"prompt": t.prompt, "completion": demonstrate(t, rng, flaws, flaw_rng)} for t in tasks]
 
 
@@ -237,8 +210,8 @@ def build_world(
         demo_filler_rate: Probability that a demonstration carries a filler phrase ("Sure!", "Hope that helps!").
         demo_toxic_rate: Probability that a demonstration of a ``toxicity`` prompt (no respect instruction) is toxic.
         demo_invent_rate: Probability that a demonstration of an ``unanswerable`` question invents an answer.
-            The demo_* rates are 0 by default (exact demonstrations, as in version 1); ``labelers.HUMAN_FLAWS``
-            holds human-like rates (about 13% of demonstrations flawed) for the pipeline.
+            The demo_* rates are 0 by default (exact demonstrations); ``labelers.HUMAN_FLAWS`` holds human-like
+            rates (about 13% of demonstrations flawed) for the pipeline.
         n_ppo_prompts: RL-pool prompts (inputs no demonstration uses) written to ``ppo/prompts.jsonl``.
         n_comparison_prompts: RL-pool prompts written for comparison collection (RM training).
         n_comparison_val_prompts: Held-out-split prompts written for comparison collection (RM validation).
@@ -264,74 +237,71 @@ def build_world(
         "n_comparison_val_prompts": n_comparison_val_prompts,
     }
     _validate(params)
-    task_kinds = tuple(kinds.split(","))
     files = WorldFiles.at(out_dir)
     if files.is_complete() and json.loads(files.manifest.read_text()).get("params") == params:
         return files
+    with atomic_directory(out_dir) as tmp:
+        tmp.chmod(0o755)  # mkdtemp makes it private; a world is ordinary shared data
+        write_world(WorldFiles.at(tmp), params)
+    return files
+
+
+def write_world(files: WorldFiles, params: dict[str, Any]) -> None:
+    """Generate the world of ``params`` (``build_world``'s arguments) into ``files``; the manifest last."""
+    records = world_records(params)
+    for name, rows in records.items():
+        write_jsonl(getattr(files, name), rows)
+    texts = [r["text"] for r in records["corpus_train"]]
+    texts += [render_example(r["prompt"], r["completion"]) for r in records["sft_train"]]
+    tokenizer = train_tokenizer(texts, vocab_size=params["vocab_size"])
+    tokenizer.save_pretrained(files.tokenizer)
+    manifest = {
+        "params": params,
+        "task_kinds": params["kinds"].split(","),
+        "heldout_fraction": HELDOUT_FRACTION,
+        "rl_fraction": RL_FRACTION,
+        "files": {k: str(Path(v).relative_to(files.root)) for k, v in asdict(files).items() if k != "root"},
+    }
+    # Written last: its presence (with these params) marks a finished world.
+    files.manifest.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def world_records(params: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Every record file of the world, by its :class:`WorldFiles` field, in the order written.
+
+    Each file draws from its own streams of randomness, ``random.Random(f"{seed}:{name}")``.
+    """
+    seed, kinds = params["seed"], tuple(params["kinds"].split(","))
 
     def stream(name: str) -> random.Random:
         return random.Random(f"{seed}:{name}")
 
-    with atomic_directory(out_dir) as tmp:
-        tmp.chmod(0o755)  # mkdtemp makes it private; a world is ordinary shared data
-        tmp_files = WorldFiles.at(tmp)
-        flaws = _flaws(params)
-        train, val = (
-            demonstrations(
-                sample_tasks(stream(f"sft/{split}"), n, heldout=False, kinds=task_kinds, pool="sft"),
-                stream(f"err/{split}"),
-                demo_error_rate,
-                stream(f"flaws/{split}"),
-                flaws.filler_rate,
-                flaws.toxic_rate,
-                flaws.invent_rate,
-            )
-            for split, n in (("train", n_train), ("val", n_val))
-        )
-        heldout = [
-            {"prompt": t.prompt, "completion": t.answer, "kind": t.kind, "difficulty": t.difficulty}
-            for t in sample_tasks(stream("eval/heldout"), n_heldout, heldout=True, kinds=task_kinds)
-        ]
-        ppo_prompts = [
-            {"prompt": t.prompt} for t in sample_tasks(stream("ppo"), n_ppo_prompts, False, task_kinds, pool="rl")
-        ]
-        comparison_prompts = {
-            split: [
-                {"prompt": t.prompt, "completion": t.answer, "kind": t.kind}
-                for t in sample_tasks(
-                    stream(f"comparisons/{split}"), n, split == "val", task_kinds, pool=None if split == "val" else "rl"
-                )
-            ]
-            for split, n in (("train", n_comparison_prompts), ("val", n_comparison_val_prompts))
-        }
-        # The corpus shows the operations' skills; the families' knowledge (facts, insults) is in every corpus.
-        skill_kinds = tuple(k for k in task_kinds if k in TASK_KINDS)
-        corpus_train = make_corpus(stream("corpus/train"), n_corpus, skill_kinds)
-        corpus_val = make_corpus(stream("corpus/val"), max(1, n_corpus // 20), skill_kinds)
+    def demos(split: str, n: int) -> list[dict[str, str]]:
+        tasks = sample_tasks(stream(f"sft/{split}"), n, heldout=False, kinds=kinds, pool="sft")
+        return demonstrations(tasks, stream(f"err/{split}"), _flaws(params), stream(f"flaws/{split}"))
 
-        write_jsonl(tmp_files.sft_train, train)
-        write_jsonl(tmp_files.sft_val, val)
-        write_jsonl(tmp_files.heldout, heldout)
-        write_jsonl(tmp_files.corpus_train, ({"text": text} for text in corpus_train))
-        write_jsonl(tmp_files.corpus_val, ({"text": text} for text in corpus_val))
-        write_jsonl(tmp_files.ppo_prompts, ppo_prompts)
-        write_jsonl(tmp_files.comparison_prompts_train, comparison_prompts["train"])
-        write_jsonl(tmp_files.comparison_prompts_val, comparison_prompts["val"])
+    def comparison_prompts(split: str, n: int) -> list[dict[str, Any]]:
+        heldout = split == "val"  # RM validation: held-out inputs; training: the RL pool
+        tasks = sample_tasks(stream(f"comparisons/{split}"), n, heldout, kinds, pool=None if heldout else "rl")
+        return [{"prompt": t.prompt, "completion": t.answer, "kind": t.kind} for t in tasks]
 
-        texts = corpus_train + [render_example(r["prompt"], r["completion"]) for r in train]
-        tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
-        tokenizer.save_pretrained(tmp_files.tokenizer)
-
-        manifest = {
-            "params": params,
-            "task_kinds": list(task_kinds),
-            "heldout_fraction": HELDOUT_FRACTION,
-            "rl_fraction": RL_FRACTION,
-            "files": {k: str(Path(v).relative_to(tmp)) for k, v in asdict(tmp_files).items() if k != "root"},
-        }
-        # Written last: its presence (with these params) marks a finished world.
-        tmp_files.manifest.write_text(json.dumps(manifest, indent=2) + "\n")
-    return files
+    heldout = sample_tasks(stream("eval/heldout"), params["n_heldout"], heldout=True, kinds=kinds)
+    ppo = sample_tasks(stream("ppo"), params["n_ppo_prompts"], False, kinds, pool="rl")
+    # The corpus shows the operations' skills; the families' knowledge (facts, insults) is in every corpus.
+    skill_kinds = tuple(k for k in kinds if k in TASK_KINDS)
+    n_corpus = params["n_corpus"]
+    return {
+        "sft_train": demos("train", params["n_train"]),
+        "sft_val": demos("val", params["n_val"]),
+        "heldout": [
+            {"prompt": t.prompt, "completion": t.answer, "kind": t.kind, "difficulty": t.difficulty} for t in heldout
+        ],
+        "corpus_train": [{"text": t} for t in make_corpus(stream("corpus/train"), n_corpus, skill_kinds)],
+        "corpus_val": [{"text": t} for t in make_corpus(stream("corpus/val"), max(1, n_corpus // 20), skill_kinds)],
+        "ppo_prompts": [{"prompt": t.prompt} for t in ppo],
+        "comparison_prompts_train": comparison_prompts("train", params["n_comparison_prompts"]),
+        "comparison_prompts_val": comparison_prompts("val", params["n_comparison_val_prompts"]),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

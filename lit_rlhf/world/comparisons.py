@@ -51,6 +51,13 @@ class ComparisonStats:
     mean_k: float
     n_pairs: int
 
+    @classmethod
+    def of(cls, records: Sequence[dict[str, Any]], n_prompts: int, n_dropped: int) -> ComparisonStats:
+        """The counts of ranking ``records`` collected from ``n_prompts`` prompts."""
+        ks = [len(r["completions"]) for r in records]
+        mean_k = sum(ks) / len(ks) if ks else 0.0
+        return cls(n_prompts, len(records), n_dropped, mean_k, sum(k * (k - 1) // 2 for k in ks))
+
 
 def _write_jsonl_atomic(path: Path, records: Sequence[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,9 +130,34 @@ def collect_comparisons(
     Returns:
         Counts of what was written.
     """
-    from lit_rlhf.generation import generate_responses
-    from lit_rlhf.models import freeze, load_model, load_tokenizer
+    _check_settings(k_min, k_max, oversample, min_distinct)
+    labeler = labeler or Labeler()
+    prompts = _read_prompts(prompts_file, max_prompts)
+    # 1. K per prompt, then oversample x K samples of each.
+    rng = random.Random(f"{seed}:comparisons")
+    ks = [rng.randint(k_min, k_max) for _ in prompts]
+    samples = sample_policy(
+        policy_dir,
+        [messages for _, messages in prompts],
+        [oversample * k for k in ks],
+        seed,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        batch_size=batch_size,
+        template=template,
+        device=device,
+    )
+    # 2. The first K distinct non-empty responses of each prompt, ranked by the labeler.
+    records, dropped = rank_samples(prompts, samples, ks, labeler, min_distinct)
+    # 3. Written atomically: a file at out_file is always complete.
+    _write_jsonl_atomic(Path(out_file), records)
+    stats = ComparisonStats.of(records, n_prompts=len(prompts), n_dropped=dropped)
+    log.info("comparisons %s: %s", out_file, stats)
+    return stats
 
+
+def _check_settings(k_min: int, k_max: int, oversample: int, min_distinct: int) -> None:
     problems = []
     if not 2 <= k_min <= k_max:
         problems.append(f"need 2 <= k_min <= k_max, got k_min={k_min}, k_max={k_max}")
@@ -135,49 +167,74 @@ def collect_comparisons(
         problems.append(f"min_distinct must be >= 2 (a ranking orders at least one pair), got {min_distinct}")
     if problems:
         raise ValueError("bad comparison settings: " + "; ".join(problems))
-    labeler = labeler or Labeler()
-    prompts = _read_prompts(prompts_file, max_prompts)
+
+
+def sample_policy(
+    policy_dir: str | Path,
+    prompts: Sequence[list[Any]],
+    n_samples: Sequence[int],
+    seed: int,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    batch_size: int,
+    template: Template,
+    device: str | torch.device,
+) -> list[list[str]]:
+    """``n_samples[i]`` sampled responses to prompt ``i`` (its messages), decoded and stripped.
+
+    Sample ``j`` of prompt ``i`` is drawn from its own stream, seeded with ``sample_seed(seed, i, j)``, so it does not
+    depend on ``batch_size`` or on the other prompts.
+    """
+    from lit_rlhf.generation import sample_in_batches, sample_seed
+    from lit_rlhf.models import freeze, load_model, load_tokenizer
+
     tokenizer = load_tokenizer(str(policy_dir))
     model = freeze(load_model(str(policy_dir), tokenizer)).to(device)
-
-    # 1. K per prompt, then oversample x K samples of each (one flat batch, seeded).
-    rng = random.Random(f"{seed}:comparisons")
-    ks = [rng.randint(k_min, k_max) for _ in prompts]
-    prompt_ids = [encode_prompt(tokenizer, messages, template) for _, messages in prompts]
-    flat = [ids for ids, k in zip(prompt_ids, ks, strict=True) for _ in range(oversample * k)]
-    torch.manual_seed(seed)
-    samples = generate_responses(
+    prompt_ids = [encode_prompt(tokenizer, messages, template) for messages in prompts]
+    flat = [ids for ids, n in zip(prompt_ids, n_samples, strict=True) for _ in range(n)]
+    seeds = [sample_seed(seed, i, j) for i, n in enumerate(n_samples) for j in range(n)]
+    samples = sample_in_batches(
         model,
         flat,
+        seeds,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         max_new_tokens=max_new_tokens,
-        do_sample=True,
         temperature=temperature,
         top_p=top_p,
         batch_size=batch_size,
     )
-    texts = [tokenizer.decode(s, skip_special_tokens=True).strip() for s in samples]
+    texts = iter([tokenizer.decode(s, skip_special_tokens=True).strip() for s in samples])
+    return [[next(texts) for _ in range(n)] for n in n_samples]
 
-    # 2. The first K distinct non-empty responses of each prompt, ranked by the labeler.
-    records, dropped, start = [], 0, 0
-    for (record, messages), k in zip(prompts, ks, strict=True):
-        chunk, start = texts[start : start + oversample * k], start + oversample * k
-        completions = [t for t in dict.fromkeys(chunk) if t][:k]
+
+def rank_samples(
+    prompts: Sequence[tuple[dict[str, Any], list[Any]]],
+    samples: Sequence[list[str]],
+    ks: Sequence[int],
+    labeler: Labeler,
+    min_distinct: int,
+) -> tuple[list[dict[str, Any]], int]:
+    """Ranking records of the first ``ks[i]`` distinct, non-empty samples of each prompt, and the number of prompts
+    dropped for fewer than ``min_distinct`` of them.
+
+    Args:
+        prompts: Each prompt's record and messages.
+        samples: Each prompt's sampled responses, in the order drawn.
+        ks: How many responses each prompt's record keeps at most.
+    """
+    records, dropped = [], 0
+    for (record, messages), texts, k in zip(prompts, samples, ks, strict=True):
+        completions = [t for t in dict.fromkeys(texts) if t][:k]
         if len(completions) < min_distinct:
             dropped += 1
             continue
         ranking = labeler.rank(_labeler_prompt(record, messages), completions)
         prompt = record["prompt"] if isinstance(record.get("prompt"), str) else messages
         records.append({"prompt": prompt, "completions": completions, "ranking": ranking})
-
-    # 3. Written atomically: a file at out_file is always complete.
-    _write_jsonl_atomic(Path(out_file), records)
-    n_pairs = sum(len(r["completions"]) * (len(r["completions"]) - 1) // 2 for r in records)
-    mean_k = sum(len(r["completions"]) for r in records) / len(records) if records else 0.0
-    stats = ComparisonStats(len(prompts), len(records), dropped, mean_k, n_pairs)
-    log.info("comparisons %s: %s", out_file, stats)
-    return stats
+    return records, dropped
 
 
 @dataclass(frozen=True)

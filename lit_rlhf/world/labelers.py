@@ -487,7 +487,7 @@ def demonstrate(task: Task, rng: random.Random, flaws: DemoFlaws, flaw_rng: rand
 
     Args:
         task: The task.
-        rng: Draws the small mistakes (``flaws.error_rate``), as the world's first version did.
+        rng: Draws the small mistakes (``flaws.error_rate``).
         flaws: The rates.
         flaw_rng: Draws every other flaw, so turning one on does not move the mistakes; ``rng`` when None.
     """
