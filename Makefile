@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,9 +22,14 @@ lint: install
 	$(BIN)/ruff check lit_rlhf tests benchmarks
 
 # pytest exits 5 when it collects nothing: that is a failure here, not a pass.
+# `make test` is the whole suite (what CI runs); `make test-fast` skips the tests marked slow, for the edit-test loop.
+PYTEST_MARK ?=
 test: lint
-	$(BIN)/python -m pytest -q; rc=$$?; \
+	$(BIN)/python -m pytest -q $(if $(PYTEST_MARK),-m "$(PYTEST_MARK)"); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+test-fast:
+	$(MAKE) test PYTEST_MARK="not slow"
 
 clean:
 	rm -rf runs wandb lightning_logs .pytest_cache
