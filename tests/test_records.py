@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lit_rlhf.data.records import DataError, load_records, parse_sft_record, read_records
+from lit_rlhf.data.records import DataError, Source, load_records, parse_sft_record, read_records
 from tests.conftest import shared_data, write_jsonl
 
 
@@ -128,3 +128,37 @@ def test_parse_sft_record_rejects_answer_after_system_message():
     record = {"messages": [{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}]}
     with pytest.raises(DataError, match="must follow a user message"):
         parse_sft_record(record, Source("x.jsonl", 1))
+
+
+@pytest.mark.parametrize("template", ["plain", "auto"])
+def test_one_hh_dialogue_renders_the_same_prompt_as_sft_rm_and_ppo_record(tokenizer, template):
+    # An hh-rlhf prompt is already a dialogue: it is split into turns, never wrapped in a second Human/Assistant.
+    from lit_rlhf.data.collate import encode_completion, render_prompt
+    from lit_rlhf.data.prompts import parse_prompt_record
+    from lit_rlhf.data.records import parse_ranking_record
+
+    if template == "auto":  # a chat template renders the turns in its own format
+        import copy
+
+        tokenizer = copy.deepcopy(tokenizer)
+        tokenizer.chat_template = (
+            "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+            "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+        )
+    dialogue = "\n\nHuman: What is 2+2?\n\nAssistant: Four?\n\nHuman: Sure?\n\nAssistant:"
+    src = Source("x.jsonl", 1)
+    sft = parse_sft_record({"prompt": dialogue, "completion": " Yes, 4."}, src)
+    rm = parse_ranking_record({"chosen": dialogue + " Yes, 4.", "rejected": dialogue + " 5."}, src)
+    ppo = parse_prompt_record({"prompt": dialogue}, src)
+    rendered = {render_prompt(tokenizer, ex.prompt, template) for ex in (sft, rm, ppo)}
+    assert len(rendered) == 1
+    if template == "plain":
+        assert rendered == {dialogue}, "the plain format gives the dialogue back, not wrapped again"
+    assert [m["role"] for m in sft.prompt] == ["user", "assistant", "user"]
+    # the answer's leading space is the format's: SFT learns the same completion tokens the RM scores
+    assert sft.completion == rm.completions[rm.ranks.index(0)] == "Yes, 4."
+    assert encode_completion(tokenizer, sft.prompt, sft.completion, template) == encode_completion(
+        tokenizer, rm.prompt, rm.completions[0], template
+    )
+    # plain prompts stay one user message
+    assert parse_prompt_record({"prompt": "What is 2+2?"}, src).prompt == [{"role": "user", "content": "What is 2+2?"}]

@@ -22,7 +22,16 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from lit_rlhf.data.collate import IGNORE_INDEX, encode_prompt, pad_left, pad_right
 from lit_rlhf.data.modules import ListDataset, RecordDataModule
-from lit_rlhf.data.records import DataError, Files, Message, Source, load_records, parse_messages, require_str
+from lit_rlhf.data.records import (
+    DataError,
+    Files,
+    Message,
+    Source,
+    load_records,
+    parse_messages,
+    prompt_messages,
+    require_str,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +61,7 @@ def parse_prompt_record(record: Any, source: Source) -> PromptExample:
             raise DataError(f"{source}: the messages must end with a user turn for the policy to answer")
         return PromptExample(messages, source)
     if "prompt" in record:
-        return PromptExample([{"role": "user", "content": require_str(record, "prompt", source)}], source)
+        return PromptExample(prompt_messages(record["prompt"], source, "prompt"), source)
     raise DataError(f"{source}: unknown prompt record with keys {sorted(record)}; expected 'prompt' or 'messages'")
 
 

@@ -176,6 +176,11 @@ def _read_saved_dataset(path: Path) -> Iterator[tuple[Any, Source]]:
 # --------------------------------------------------------------------------- validation helpers
 
 
+HH_ASSISTANT_CUE = "\n\nAssistant:"
+_HH_TURN = re.compile(r"\n\n(Human|Assistant|System):")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant", "System": "system"}
+
+
 def require_str(record: dict[str, Any], key: str, source: Source, allow_empty: bool = False) -> str:
     """``record[key]`` as a string, or a DataError naming the source, the key and what is wrong."""
     if key not in record or record[key] is None:
@@ -228,9 +233,13 @@ def parse_sft_record(record: Any, source: Source, allow_text: bool = False) -> S
         prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
         return SFTExample([{"role": "user", "content": prompt}], require_str(record, "output", source), source)
     if "prompt" in record or "completion" in record:
-        prompt = require_str(record, "prompt", source)
+        if "prompt" not in record:
+            raise DataError(f"{source}: missing 'prompt'")
+        prompt = prompt_messages(record["prompt"], source, "prompt")
         completion = require_str(record, "completion", source)
-        return SFTExample([{"role": "user", "content": prompt}], completion, source)
+        if isinstance(record["prompt"], str) and _HH_TURN.match(record["prompt"]) and completion.startswith(" "):
+            completion = completion[1:]  # the space after "Assistant:" is the format's, as in hh-rlhf pairs
+        return SFTExample(prompt, completion, source)
     if "text" in record and allow_text:
         return SFTExample([], require_str(record, "text", source), source)
     hint = "; plain 'text' needs --data.plain_text=true" if "text" in record else ""
@@ -280,10 +289,6 @@ def load_records(
 TiePolicy = Literal["error", "drop"]
 """What a tie in a ranking means: ``error`` stops; ``drop`` keeps the record, tied completions form no pair."""
 
-HH_ASSISTANT_CUE = "\n\nAssistant:"
-_HH_TURN = re.compile(r"\n\n(Human|Assistant|System):")
-_HH_ROLES = {"Human": "user", "Assistant": "assistant", "System": "system"}
-
 
 @dataclass(frozen=True)
 class RankingExample:
@@ -323,14 +328,18 @@ def parse_hh_dialogue(text: str, source: Source, key: str = "prompt") -> list[Me
     return messages
 
 
-def _prompt_messages(value: Any, source: Source, key: str) -> list[Message]:
+def prompt_messages(value: Any, source: Source, key: str) -> list[Message]:
+    """The one way every stage reads a prompt: a list of messages, an HH dialogue (``"\\n\\nHuman: ..."``, split into
+    its turns, never wrapped again), or plain text (one user message)."""
     if isinstance(value, list):
         messages = parse_messages(value, source, key)
         if messages[-1]["role"] != "user":
             raise DataError(f"{source}: the last message of {key!r} must be the user's")
         return messages
-    if not isinstance(value, str) or not value.strip():
-        raise DataError(f"{source}: {key!r} must be a non-empty string or a list of messages")
+    if isinstance(value, str) and not value.strip():
+        raise DataError(f"{source}: {key!r} is empty")
+    if not isinstance(value, str):
+        raise DataError(f"{source}: {key!r} must be a string or a list of messages, got {type(value).__name__}")
     if _HH_TURN.match(value):
         return parse_hh_dialogue(value, source, key)
     return [{"role": "user", "content": value}]
@@ -378,7 +387,7 @@ def _split_message_pair(chosen: Any, rejected: Any, source: Source) -> tuple[lis
         n += 1
     if n == 0:
         raise DataError(f"{source}: 'chosen' and 'rejected' conversations share no prompt messages")
-    return _prompt_messages(chosen_m[:n], source, "chosen"), chosen_m[n:], rejected_m[n:]
+    return prompt_messages(chosen_m[:n], source, "chosen"), chosen_m[n:], rejected_m[n:]
 
 
 def parse_ranks(ranking: Any, k: int, source: Source, ties: TiePolicy = "error") -> list[int]:
@@ -437,7 +446,7 @@ def parse_ranking_record(record: Any, source: Source, ties: TiePolicy = "error")
     if "completions" in record or "ranking" in record:
         if prompt_key is None:
             raise DataError(f"{source}: a ranking record needs 'prompt' (keys: {sorted(record)})")
-        prompt = _prompt_messages(record[prompt_key], source, prompt_key)
+        prompt = prompt_messages(record[prompt_key], source, prompt_key)
         values = record.get("completions")
         if not isinstance(values, list):
             raise DataError(f"{source}: 'completions' must be a list of K >= 2 strings")
@@ -449,7 +458,7 @@ def parse_ranking_record(record: Any, source: Source, ties: TiePolicy = "error")
         chosen, rejected = record["chosen"], record["rejected"]
         hh_dialogues = prompt_key is None and isinstance(chosen, str) and isinstance(rejected, str)
         if prompt_key is not None:
-            prompt = _prompt_messages(record[prompt_key], source, prompt_key)
+            prompt = prompt_messages(record[prompt_key], source, prompt_key)
         elif hh_dialogues:
             prompt, chosen, rejected = split_hh_pair(chosen, rejected, source)
         elif isinstance(chosen, list) and isinstance(rejected, list):
