@@ -172,7 +172,7 @@ class FineTuningModule(StageModule):
         """Load ``self.tokenizer`` and return the model with these options (LoRA-wrapped when ``with_lora``)."""
         hp = self.hparams
         self.tokenizer = load_tokenizer(hp.tokenizer_name_or_path or hp.model_name_or_path, hp.trust_remote_code)
-        return load_model(
+        model = load_model(
             hp.model_name_or_path,
             self.tokenizer,
             head=head,
@@ -183,6 +183,9 @@ class FineTuningModule(StageModule):
             gradient_checkpointing=hp.gradient_checkpointing,
             lora=hp.lora if with_lora else None,
         )
+        # from_pretrained returns eval mode, and Lightning keeps each submodule's mode through fit: without this,
+        # a pretrained model would train with dropout silently off. Validation and generation switch to eval mode.
+        return model.train()
 
     def log_model_size(self) -> None:
         trainable, total = count_parameters(self.model)

@@ -288,7 +288,8 @@ class PPOModule(StageModule):
         common = {"dtype": hp.dtype, "trust_remote_code": hp.trust_remote_code, "dropout": 0.0}
         frozen = {**common, "dtype": hp.frozen_dtype or hp.dtype}
         trained = {**common, "gradient_checkpointing": hp.gradient_checkpointing}
-        self.model = load_model(hp.model_name_or_path, self.tokenizer, lora=hp.lora, **trained)
+        # trained models in train mode (from_pretrained returns eval mode; dropout is 0 in all four anyway)
+        self.model = load_model(hp.model_name_or_path, self.tokenizer, lora=hp.lora, **trained).train()
         if hp.lora is None:
             self.ref_model = freeze(load_model(hp.model_name_or_path, self.tokenizer, **frozen))
         if hp.value_model == "shared":
@@ -300,7 +301,7 @@ class PPOModule(StageModule):
             value_path = hp.value_model_path or hp.reward_model_path or hp.model_name_or_path
             self._check_same_vocab(value_path, "--model.value_model_path")
             # InstructGPT C.4: the value model is initialised from the reward model.
-            self.value_model = load_model(value_path, self.tokenizer, head="score", **trained)
+            self.value_model = load_model(value_path, self.tokenizer, head="score", **trained).train()
         if hp.reward_model_path is not None:
             self.reward_tokenizer = load_tokenizer(hp.reward_model_path, hp.trust_remote_code)
             self.reward_model = freeze(load_model(hp.reward_model_path, self.reward_tokenizer, head="score", **frozen))
