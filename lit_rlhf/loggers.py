@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from lightning import LightningModule
 from lightning.pytorch.loggers import WandbLogger as _WandbLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,10 @@ def wandb_has_credentials() -> bool:
 class WandbLogger(_WandbLogger):
     """Lightning's WandbLogger, offline unless W&B credentials are configured.
 
-    Offline runs are written under ``<save_dir>/wandb/offline-run-*``; upload them later with ``wandb sync``.
+    Offline runs are written under ``<save_dir>/wandb/offline-run-*``; upload them later with ``wandb sync``. A run
+    that fails before its first training step leaves nothing: the directories are made when the run starts (Lightning
+    starts it just before the DataModule's ``setup``), and a failure before ``training_started`` deletes what this
+    logger made (:meth:`discard`).
 
     Args:
         project: W&B project.
@@ -54,7 +59,6 @@ class WandbLogger(_WandbLogger):
             mode = os.environ.get("WANDB_MODE")
             offline = mode in ("offline", "dryrun") or (mode != "online" and not wandb_has_credentials())
         save_dir = save_dir or "."
-        Path(save_dir).mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("WANDB_SILENT", "true")
         super().__init__(
             project=project,
@@ -65,6 +69,54 @@ class WandbLogger(_WandbLogger):
             group=group,
             tags=tags,
         )
+        # Set when training is about to start (StageModule.on_train_start) or metrics are logged: from then on a
+        # failed run keeps its directory.
+        self.training_started = False
+        self._made: Path | None = None  # the outermost directory this logger created, if any
+        self._owns_run = False
+
+    @property
+    def experiment(self) -> Any:
+        if self._experiment is None and rank_zero_only.rank == 0:
+            import wandb
+
+            self._made = _make_dirs(Path(self.save_dir) / "wandb")  # wandb writes to a temp dir when it is missing
+            self._owns_run = wandb.run is None  # otherwise Lightning reuses the run in progress, not ours to delete
+        return super().experiment
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        self.training_started = True
+        super().log_metrics(metrics, step)
+
+    def finalize(self, status: str) -> None:
+        if status == "failed" and not self.training_started:
+            self.discard()
+            return
+        super().finalize(status)
+
+    @rank_zero_only
+    def discard(self) -> None:
+        """Finish the run and delete what this logger wrote: the run's directory, and any directory it made."""
+        run, self._experiment = self._experiment, None
+        if run is None or not self._owns_run:
+            return
+        wandb_dir = Path(self.save_dir) / "wandb"
+        run_dir = Path(run.dir).parent  # <save_dir>/wandb/offline-run-*/files -> offline-run-*
+        run.finish(exit_code=1)
+        if self._made is not None:
+            shutil.rmtree(self._made, ignore_errors=True)
+        elif run_dir.parent.resolve() == wandb_dir.resolve():  # earlier runs share wandb/: delete only this one
+            shutil.rmtree(run_dir, ignore_errors=True)
+            for link in wandb_dir.iterdir():  # latest-run, debug.log, debug-internal.log pointed into the run
+                if link.is_symlink() and not link.exists():
+                    link.unlink()
+
+
+def _make_dirs(path: Path) -> Path | None:
+    """``mkdir -p path``; the outermost directory it created, or None when ``path`` existed."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    return missing[-1] if missing else None
 
 
 def log_table(module: LightningModule, key: str, columns: list[str], rows: list[list[Any]]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -81,6 +82,42 @@ class LoraOptions:
     target_modules: list[str] | str = "all-linear"
 
 
+# --------------------------------------------------------------------------- local paths and hub ids
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+"""``name`` or ``org/name``: what the hub accepts as a repository id."""
+
+
+def looks_local(name_or_path: str) -> bool:
+    """True when ``name_or_path`` can only be a local path, never a hub id (``name`` or ``org/name``): it starts
+    with ``.``, ``~`` or a separator, ends with a separator, or has two or more ``/`` (``x/y/z``) or a character no
+    hub id holds."""
+    if name_or_path.startswith((".", "~", "/", os.sep)) or name_or_path.endswith(("/", os.sep)):
+        return True
+    return _HUB_ID.match(name_or_path) is None
+
+
+def missing_local_path(name_or_path: str | None, flag: str | None = None) -> str | None:
+    """What is wrong when ``name_or_path`` looks local (:func:`looks_local`) and does not exist; None otherwise.
+
+    Such a name never goes to the hub: transformers would retry the network for a relative path (5 tries over a
+    minute) and answer an absolute one with a complaint about the form of repository ids.
+    """
+    if name_or_path is None or is_scratch(name_or_path) or not looks_local(name_or_path):
+        return None
+    if Path(name_or_path).expanduser().exists():
+        return None
+    where = f"{flag}: " if flag else ""
+    return f"{where}{name_or_path}: no such file or directory (a local path, so it is not looked up on the hub)"
+
+
+def check_local_path(name_or_path: str | None, flag: str | None = None) -> None:
+    """Raise FileNotFoundError naming ``flag`` and the path when :func:`missing_local_path` finds a problem."""
+    problem = missing_local_path(name_or_path, flag)
+    if problem is not None:
+        raise FileNotFoundError(problem)
+
+
 # --------------------------------------------------------------------------- tokenizers
 
 
@@ -128,13 +165,66 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> bool:
 
 
 def load_tokenizer(
-    name_or_path: str, trust_remote_code: bool = False, padding_side: str = "right"
+    name_or_path: str, trust_remote_code: bool = False, padding_side: str = "right", flag: str | None = None
 ) -> PreTrainedTokenizerBase:
-    """Load a tokenizer by local path or hub id and make sure it pads with a token that is not EOS."""
+    """Load a tokenizer by local path or hub id and make sure it pads with a token that is not EOS.
+
+    A local-looking path that does not exist is refused at once, naming ``flag`` (see :func:`check_local_path`).
+    """
+    check_local_path(name_or_path, flag)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     ensure_pad_token(tokenizer)
     tokenizer.padding_side = padding_side
     return tokenizer
+
+
+def other_tokenizer_problem(
+    model_name_or_path: str,
+    tokenizer: PreTrainedTokenizerBase,
+    tokenizer_name_or_path: str | None,
+    trust_remote_code: bool = False,
+) -> str | None:
+    """Why ``tokenizer`` is not the pretrained model's own, or None when it is (or the model is built from scratch).
+
+    A model trained with other token ids reads a different language: a config's tokenizer left beside a user's own
+    model trains silently wrong. Compared by vocabulary with the tokenizer saved beside the model, or, when there is
+    none, by size with the model's embedding rows (a pad token we add is the only row allowed beyond them).
+    """
+    if is_scratch(model_name_or_path) or tokenizer_name_or_path in (None, model_name_or_path):
+        return None
+    try:
+        own = load_tokenizer(model_name_or_path, trust_remote_code)
+    except (OSError, ValueError):
+        own = None
+    given = f"--model.tokenizer_name_or_path={tokenizer_name_or_path} ({len(tokenizer)} tokens)"
+    if own is not None:
+        if own.get_vocab() == tokenizer.get_vocab():
+            return None
+        return f"{given} is not the tokenizer of --model.model_name_or_path={model_name_or_path} ({len(own)} tokens)"
+    vocab_size = getattr(AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code),
+                         "vocab_size", None)  # fmt: skip
+    if vocab_size is None or len(tokenizer) <= vocab_size + 1:
+        return None
+    return f"{given} has more tokens than --model.model_name_or_path={model_name_or_path} has embeddings ({vocab_size})"
+
+
+def check_tokenizer(
+    model_name_or_path: str,
+    tokenizer: PreTrainedTokenizerBase,
+    tokenizer_name_or_path: str | None,
+    allow_other_tokenizer: bool,
+    trust_remote_code: bool = False,
+) -> None:
+    """Refuse a tokenizer other than the model's own unless ``allow_other_tokenizer`` (see
+    :func:`other_tokenizer_problem`)."""
+    if allow_other_tokenizer:
+        return
+    problem = other_tokenizer_problem(model_name_or_path, tokenizer, tokenizer_name_or_path, trust_remote_code)
+    if problem is not None:
+        raise ValueError(
+            f"{problem}. Drop --model.tokenizer_name_or_path to use the model's own, or set "
+            "--model.allow_other_tokenizer=true to train with this one (new embedding rows start at random)."
+        )
 
 
 # --------------------------------------------------------------------------- models
@@ -203,6 +293,7 @@ def load_model(
     dropout: float | None = None,
     gradient_checkpointing: bool = False,
     lora: LoraOptions | dict[str, Any] | None = None,
+    flag: str | None = None,
 ) -> PreTrainedModel:
     """Load (or build from scratch) a model with a causal-LM head or a scalar score head.
 
@@ -218,9 +309,11 @@ def load_model(
         dropout: Set every dropout probability to this; None keeps the model's own.
         gradient_checkpointing: Recompute activations in the backward pass to save memory.
         lora: Wrap the model with LoRA adapters (peft); None trains all weights.
+        flag: The option that named the model, for the error when a local-looking path does not exist.
     """
     if head not in ("causal_lm", "score"):
         raise ValueError(f"head must be 'causal_lm' or 'score', got {head!r}")
+    check_local_path(model_name_or_path, flag)
     model = _instantiate(model_name_or_path, head, model_config, dtype, trust_remote_code, tokenizer)
     _match_tokenizer(model, tokenizer)
     if dropout is not None:

@@ -101,6 +101,26 @@ def test_all_bad_records_are_reported_at_once_or_skipped_with_a_count(tmp_path):
     assert len(examples) == 1 and len(skipped) == 12
 
 
+def test_every_invalid_json_line_is_listed_with_the_bad_records_or_skipped(tmp_path):
+    good = '{"prompt": "ok", "completion": "fine"}'
+    lines = [good, "{not json", good, '{"prompt": "p"}', "[1,", good, '{"a": }']
+    path = write_jsonl(tmp_path / "data.jsonl", lines)
+    with pytest.raises(DataError) as err:
+        _sft(str(path))
+    text = str(err.value)
+    assert text.startswith("4 bad record(s)")
+    # in file order: the three unreadable lines and the bad record between them
+    listed = [line.split(": ", 1)[0].rsplit(":", 1)[1] for line in text.splitlines()[1:]]
+    assert listed == ["2", "4", "5", "7"]
+    assert "data.jsonl:5: not valid JSON" in text
+    examples, skipped = _sft(str(path), on_error="skip")
+    assert len(examples) == 3 and len(skipped) == 4
+    # a file of nothing but unreadable lines is reported as such, not as a file with no records
+    bad_only = write_jsonl(tmp_path / "bad_only.jsonl", ["{", "}"])
+    with pytest.raises(DataError, match=r"2 bad record\(s\)(.|\n)*bad_only\.jsonl:2: not valid JSON"):
+        _sft(str(bad_only))
+
+
 def test_missing_empty_and_unmatched_files(tmp_path):
     with pytest.raises(DataError, match=r"nope\.jsonl: no such file"):
         list(read_records(str(tmp_path / "nope.jsonl")))

@@ -162,6 +162,36 @@ def test_datamodule_encodes_with_the_sft_template_and_truncates_the_shared_promp
     assert batch["input_ids"].shape[0] == 9  # 3 prompts x K = 3
 
 
+@pytest.mark.parametrize("truncation", ["left_truncate", "skip"])
+def test_a_completion_too_long_is_dropped_and_the_others_keep_their_ranking(
+    tmp_path, tokenizer_dir, tokenizer, caplog, truncation
+):
+    from lit_rlhf.data.collate import encode_completion
+
+    long = " ".join(["moon star"] * 30)  # ~60 tokens: over max_length on its own
+    records = [
+        # ranks [2, 1, 0, 3]; the rank-1 completion does not fit: the other three remain a ranking, ranks kept
+        {"prompt": "Q", "completions": ["sun", long, "red", "cat dog"], "ranking": [2, 1, 0, 3]},
+        # one completion fits: no pair is left, so the prompt goes
+        {"prompt": "Q", "completions": [long, "sun", long + " x"], "ranking": [0, 1, 2]},
+    ]
+    path = write_jsonl(tmp_path / "t.jsonl", records)
+    dm = PreferenceDataModule(train_files=str(path), val_files=str(path), tokenizer_name_or_path=str(tokenizer_dir),
+                              max_length=24, truncation=truncation)  # fmt: skip
+    with caplog.at_level("WARNING", logger="lit_rlhf.data.modules"):
+        dm.setup()
+    (row,) = dm.train_dataset.items
+    prompt = [{"role": "user", "content": "Q"}]
+    assert row["completion_ids"] == [
+        encode_completion(tokenizer, prompt, c, dm.template) for c in ["sun", "red", "cat dog"]
+    ]
+    assert row["ranks"] == [2, 0, 3]
+    counts = dm.counts["train"]
+    assert (counts.examples, counts.skipped, counts.dropped_completions) == (1, 1, 1)
+    assert "1 of 2 prompts dropped as too long" in caplog.text
+    assert "1 completion(s) dropped from prompts that kept two or more" in caplog.text
+
+
 def test_world_rankings_have_strictly_increasing_damage_and_are_reproducible(tmp_path):
     rng = random.Random(0)
     for key in ("reverse:horse", "first_letter:cat", "add:3,4", "repeat:owl", "length:zebra"):

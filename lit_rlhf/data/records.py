@@ -92,23 +92,30 @@ def expand_files(files: str | list[str] | tuple[str, ...]) -> list[Path]:
     return out
 
 
-def read_records(files: str | list[str]) -> Iterator[tuple[Any, Source]]:
-    """Yield ``(raw_record, source)`` from every file in ``files``; a file with no records is an error."""
+def read_records(files: str | list[str], unreadable: list[str] | None = None) -> Iterator[tuple[Any, Source]]:
+    """Yield ``(raw_record, source)`` from every file in ``files``; a file with no records is an error.
+
+    Args:
+        files: A path, glob or list of them.
+        unreadable: Where the errors of JSONL lines that are not valid JSON go, reading on past them; None raises
+            the first one.
+    """
     for path in expand_files(files):
+        n_unreadable = len(unreadable) if unreadable is not None else 0
         n = 0
-        for n, item in enumerate(_read_one(path), start=1):  # noqa: B007
+        for n, item in enumerate(_read_one(path, unreadable), start=1):  # noqa: B007
             yield item
-        if n == 0:
+        if n == 0 and (unreadable is None or len(unreadable) == n_unreadable):
             raise DataError(f"{path}: file has no records")
 
 
-def _read_one(path: Path) -> Iterator[tuple[Any, Source]]:
+def _read_one(path: Path, unreadable: list[str] | None) -> Iterator[tuple[Any, Source]]:
     if path.is_dir():
         yield from _read_saved_dataset(path)
         return
     suffix = "".join(path.suffixes[-1:]).lower()
     if suffix in (".jsonl", ".ndjson"):
-        yield from _read_jsonl(path)
+        yield from _read_jsonl(path, unreadable)
     elif suffix == ".json":
         yield from _read_json(path)
     elif suffix == ".parquet":
@@ -119,7 +126,7 @@ def _read_one(path: Path) -> Iterator[tuple[Any, Source]]:
         raise DataError(f"{path}: unknown file type {suffix!r}; use .jsonl, .json, .parquet, .csv or a saved dataset")
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[Any, Source]]:
+def _read_jsonl(path: Path, unreadable: list[str] | None) -> Iterator[tuple[Any, Source]]:
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
@@ -127,7 +134,11 @@ def _read_jsonl(path: Path) -> Iterator[tuple[Any, Source]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+                error = f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})"
+                if unreadable is None:
+                    raise DataError(error) from None
+                unreadable.append(error)
+                continue
             yield record, Source(str(path), lineno)
 
 
@@ -260,14 +271,15 @@ def load_records(
     Args:
         files: A path, glob or list of them.
         parse: Turns a raw record into a typed one, raising :class:`DataError` for a bad record.
-        on_error: ``"error"`` stops with every bad record listed (up to 10 shown); ``"skip"`` drops them.
+        on_error: ``"error"`` stops with every bad record listed (up to 10 shown); ``"skip"`` drops them. A JSONL
+            line that is not valid JSON is a bad record too.
 
     Returns:
         The parsed records and the messages of the skipped ones.
     """
     parsed: list[T] = []
-    errors: list[str] = []
-    for raw, source in read_records(files):
+    errors: list[str] = []  # in file order: read_records appends the unreadable lines as it meets them
+    for raw, source in read_records(files, unreadable=errors):
         try:
             parsed.append(parse(raw, source))
         except DataError as e:
