@@ -16,7 +16,7 @@ gives the normalised scores; ``config.json`` and ``lit_rlhf.json`` record it as 
 
 Normalise an exported RM from the command line::
 
-    python -m lit_rlhf.reward normalize runs/rm-tiny/hf --reference_files runs/world/sft/train.jsonl [--std]
+    python -m lit_rlhf.reward normalize runs/rm-tiny/hf --reference_files demonstrations.jsonl [--std]
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -305,9 +304,8 @@ class RewardModule(FineTuningModule):
         normalize: At the end of fit, shift the scores so the reference completions score mean 0
             (InstructGPT §3.5), before the export.
         normalize_std: Also scale the scores so the references have std 1.
-        reference_files: SFT-format records whose completions are the references. None: the demonstrations of
-            the world (``<data.world_dir>/sft/``) when the data come from it, else the best-ranked completion of
-            each training prompt.
+        reference_files: SFT-format records whose completions are the references (InstructGPT: the SFT
+            demonstrations). None: the best-ranked completion of each training prompt.
         max_references: Score at most this many references.
         **kwargs: The options of :class:`~lit_rlhf.stage.FineTuningModule` (``model_name_or_path``, ...).
     """
@@ -407,16 +405,13 @@ class RewardModule(FineTuningModule):
         super().on_fit_end()
 
     def reference_examples(self) -> tuple[list[tuple[list[Message], str]], str]:
-        """The reference completions to normalise on, and a description of where they came from."""
+        """The reference completions to normalise on, and a description of where they came from: those of
+        ``reference_files``, else the best-ranked completion of each training prompt (at most ``max_references``)."""
         hp = self.hparams
         dm = self.trainer.datamodule
         if hp.reference_files is not None:
             return load_references(hp.reference_files, hp.max_references), str(hp.reference_files)
-        world_dir = getattr(dm, "world_dir", None)
-        if world_dir is not None:
-            files = [str(p) for p in sorted(Path(world_dir, "sft").glob("*.jsonl"))]
-            if files:
-                return load_references(files, hp.max_references), f"world demonstrations {files}"
+        # No demonstrations named: the best answer the labelers saw for each training prompt stands in for one.
         best = [(ex.prompt, ex.completions[ex.ranks.index(min(ex.ranks))]) for ex in dm.train_examples]
         return best[: hp.max_references], "best-ranked training completions"
 

@@ -9,7 +9,10 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.model_helpers import is_overridden
 
+from lit_rlhf.data.modules import PreferenceDataModule, SFTDataModule
+from lit_rlhf.data.prompts import PromptDataModule
 from lit_rlhf.distributed import (
     full_state_dict,
     is_fsdp2,
@@ -18,17 +21,27 @@ from lit_rlhf.distributed import (
     strategy_problem,
     unsharded_peft_copy,
 )
+from lit_rlhf.loggers import WandbLogger
 from lit_rlhf.models import (
     LoraOptions,
+    check_tokenizer,
     count_parameters,
     export_pretrained,
     load_model,
     load_tokenizer,
     lora_to_dict,
+    missing_local_path,
 )
 from lit_rlhf.optim import adamw_with_schedule
 
 log = logging.getLogger(__name__)
+
+STAGE_DATA_MODULES: dict[str, tuple[type[L.LightningDataModule], ...]] = {
+    "sft": (SFTDataModule,),
+    "rm": (PreferenceDataModule,),
+    "ppo": (PromptDataModule,),
+}
+"""The DataModule(s) each stage (``StageModule.stage``) trains on; subclasses of them count too."""
 
 
 class StageModule(L.LightningModule):
@@ -52,6 +65,33 @@ class StageModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         self.check_strategy()
+        self.check_data_module()
+        self.check_model_paths()
+        if stage == "fit":
+            self.fit_validation_into_the_epoch()
+
+    def fit_validation_into_the_epoch(self) -> None:
+        """Validate at the end of the epoch when ``--trainer.val_check_interval`` (in batches) is longer than it.
+
+        Lightning stops with a ValueError then; but a config's interval is for its own data and device count, and the
+        same config on a smaller file or on more processes (fewer batches each) should still train.
+        """
+        trainer = self.trainer
+        interval = trainer.val_check_interval
+        if not isinstance(interval, int) or trainer.limit_val_batches == 0 or trainer.datamodule is None:
+            return
+        if not is_overridden("validation_step", self):
+            return
+        n_batches = len(trainer.datamodule.train_dataloader())
+        limit = trainer.limit_train_batches
+        n_batches = min(n_batches, limit) if isinstance(limit, int) else int(n_batches * limit)
+        if interval > n_batches:
+            log.warning(
+                "--trainer.val_check_interval=%d is longer than an epoch (%d batches per process): validating at the "
+                "end of each epoch instead",
+                interval, n_batches,
+            )  # fmt: skip
+            trainer.val_check_interval = 1.0
 
     def check_strategy(self) -> None:
         """Refuse a strategy the stages cannot run under, naming the supported ones.
@@ -62,6 +102,35 @@ class StageModule(L.LightningModule):
         problem = strategy_problem(self.trainer.strategy, self.trainer.precision)
         if problem is not None:
             raise ValueError(problem)
+
+    def check_data_module(self) -> None:
+        """Refuse a DataModule whose batches this stage cannot read, naming both (an SFTModule given preference
+        batches would otherwise stop in validation with ``KeyError: 'labels'``)."""
+        dm = self.trainer.datamodule
+        accepted = STAGE_DATA_MODULES.get(self.stage, ())
+        if dm is None or not accepted or isinstance(dm, accepted):
+            return
+        names = " or ".join(cls.__name__ for cls in accepted)
+        raise ValueError(
+            f"{type(self).__name__} trains on {names} records; got {type(dm).__name__} (--data): choose "
+            f"--data={accepted[0].__name__} or the --model that reads these records"
+        )
+
+    def check_model_paths(self) -> None:
+        """Refuse, before any model is loaded, a local-looking model or tokenizer path that does not exist."""
+        problems = [
+            missing_local_path(self.hparams.get(key), f"--model.{key}")
+            for key in ("model_name_or_path", "tokenizer_name_or_path", "reward_model_path", "value_model_path")
+        ]
+        problems = [p for p in problems if p is not None]
+        if problems:
+            raise FileNotFoundError("\n".join(problems))
+
+    def on_train_start(self) -> None:
+        # From here on a failed run keeps its logs; one that fails before leaves no logger directory.
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.training_started = True
 
     def on_fit_start(self) -> None:
         self.report_batch_sizes()
@@ -127,7 +196,10 @@ class FineTuningModule(StageModule):
     Args:
         model_name_or_path: The model to start from: a local directory, a hub id, or ``scratch:gpt2`` /
             ``scratch:llama`` to build one from scratch (sized by ``model_config``; needs a tokenizer).
-        tokenizer_name_or_path: Tokenizer directory or hub id; defaults to ``model_name_or_path``.
+        tokenizer_name_or_path: Tokenizer directory or hub id; defaults to ``model_name_or_path``. One other than a
+            pretrained model's own is refused unless ``allow_other_tokenizer``.
+        allow_other_tokenizer: Train a pretrained model with a tokenizer other than its own (embedding rows for
+            tokens it lacks start at random).
         model_config: Config overrides, e.g. ``{n_layer: 4, n_embd: 128}`` for a scratch model.
         export_dir: Where the final Hugging Face directory goes; default ``<trainer.default_root_dir>/hf``.
         learning_rate: Peak AdamW learning rate.
@@ -149,6 +221,7 @@ class FineTuningModule(StageModule):
         self,
         model_name_or_path: str,
         tokenizer_name_or_path: str | None = None,
+        allow_other_tokenizer: bool = False,
         model_config: dict[str, Any] | None = None,
         export_dir: str | None = None,
         learning_rate: float = 1e-5,
@@ -164,6 +237,7 @@ class FineTuningModule(StageModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()  # the subclass's own options too: Lightning reads the whole __init__ chain
+        self.check_model_paths()  # at once: before any data is read
         self.export_dir = export_dir
         self.model = None
         self.tokenizer = None
@@ -171,10 +245,18 @@ class FineTuningModule(StageModule):
     def load_model_and_tokenizer(self, head: Literal["causal_lm", "score"], with_lora: bool) -> torch.nn.Module:
         """Load ``self.tokenizer`` and return the model with these options (LoRA-wrapped when ``with_lora``)."""
         hp = self.hparams
-        self.tokenizer = load_tokenizer(hp.tokenizer_name_or_path or hp.model_name_or_path, hp.trust_remote_code)
+        tokenizer_flag = "--model.tokenizer_name_or_path" if hp.tokenizer_name_or_path else "--model.model_name_or_path"
+        self.tokenizer = load_tokenizer(
+            hp.tokenizer_name_or_path or hp.model_name_or_path, hp.trust_remote_code, flag=tokenizer_flag
+        )
+        check_tokenizer(
+            hp.model_name_or_path, self.tokenizer, hp.tokenizer_name_or_path, hp.allow_other_tokenizer,
+            hp.trust_remote_code,
+        )  # fmt: skip
         model = load_model(
             hp.model_name_or_path,
             self.tokenizer,
+            flag="--model.model_name_or_path",
             head=head,
             model_config=hp.model_config,
             dtype=hp.dtype,

@@ -70,17 +70,16 @@ def test_help_explains_the_options():
     assert "lit-rlhf" in run_cli(["--help"])
 
 
-FINE_TUNING = ("model_name_or_path tokenizer_name_or_path model_config export_dir learning_rate weight_decay betas warmup "
+FINE_TUNING = ("model_name_or_path tokenizer_name_or_path allow_other_tokenizer model_config export_dir learning_rate weight_decay betas warmup "
                "min_lr_ratio dropout dtype gradient_checkpointing lora lora.help trust_remote_code")  # fmt: skip
-RECORDS = (
-    "train_files val_files tokenizer_name_or_path world_dir val_split max_length template on_bad_record batch_size "
-)
-RECORDS += "num_workers seed"
+RECORDS = "train_files val_files tokenizer_name_or_path val_split max_length template on_bad_record batch_size "
+RECORDS += "num_workers seed allow_dropping_most"
 STAGE_FLAGS = {  # (--model.help or --data.help, class): every flag its --help must show, each with a description
     ("model", "SFTModule"): f"{FINE_TUNING} num_sample_prompts sample_max_new_tokens",
     ("model", "RewardModule"): f"{FINE_TUNING} normalize normalize_std reference_files max_references",
     ("model", "PPOModule"): (
-        "model_name_or_path reward_model_path value_model_path value_model reward_fn tokenizer_name_or_path export_dir "
+        "model_name_or_path reward_model_path value_model_path value_model reward_fn tokenizer_name_or_path "
+        "allow_other_tokenizer export_dir "
         "minibatch_size micro_batch_size forward_batch_size ppo_epochs trim_padding max_new_tokens temperature top_k "
         "top_p no_eos_score kl_coef kl_target kl_horizon kl_estimator whiten_rewards gamma lam clip_range "
         "clip_range_value vf_coef ptx_coef ptx_examples_per_episode learning_rate value_learning_rate weight_decay "
@@ -176,3 +175,121 @@ def test_model_directory_without_a_separate_tokenizer_option(tmp_path, tokenizer
     (tmp_path / "dir.yaml").write_text(yaml.safe_dump(cfg))
     run_cli(["fit", "-c", str(tmp_path / "dir.yaml"), "--model.export_dir", str(tmp_path / "out")])
     assert read_export_metadata(tmp_path / "out")["stage"] == "sft"
+
+
+# -- the world: section, the shipped configs' embedded default -------------------------------------------------------
+
+SMALL_WORLD = {"n_train": 40, "n_val": 8, "n_heldout": 8, "n_corpus": 40, "vocab_size": 300, "n_ppo_prompts": 8,
+               "n_comparison_prompts": 4, "n_comparison_val_prompts": 4}  # fmt: skip
+
+
+def _world_config(tmp_path: Path) -> Path:
+    """An SFT config, as the shipped ones: its data come from a (small) world unless --data.train_files is given."""
+    world = tmp_path / "world"
+    defaults = {
+        "model": {"init_args": {"tokenizer_name_or_path": str(world / "tokenizer")}},
+        "data": {
+            "init_args": {
+                "train_files": str(world / "sft" / "train.jsonl"),
+                "val_files": str(world / "sft" / "val.jsonl"),
+                "batch_size": 2,  # the config file's 4 wins
+            }
+        },
+        "trainer": {
+            "callbacks": [
+                {"class_path": "lit_rlhf.callbacks.ExactMatchCallback", "init_args": {"files": str(world / "eval")}}
+            ]
+        },
+    }
+    cfg = yaml.safe_load(_config(tmp_path, Path("unused")).read_text())
+    del cfg["model"]["init_args"]["tokenizer_name_or_path"]
+    del cfg["data"]["init_args"]["train_files"]
+    cfg["world"] = {"dir": str(world), "seed": 3, "build": SMALL_WORLD, "defaults": defaults}
+    path = tmp_path / "world.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _callback_files(cli) -> list[str]:
+    from lit_rlhf.callbacks import ExactMatchCallback
+
+    return [c.files for c in cli.trainer.callbacks if isinstance(c, ExactMatchCallback)]
+
+
+def test_world_section_builds_the_world_and_names_its_files_under_the_config_and_flags(tmp_path):
+    from lit_rlhf.cli import build_cli
+
+    cfg, world = _world_config(tmp_path), tmp_path / "world"
+    own_val = write_jsonl(tmp_path / "own_val.jsonl", reverse_records(4))
+    cli = build_cli(["-c", str(cfg), "--data.val_files", str(own_val)], run=False)
+    params = yaml.safe_load((world / "world.json").read_text())["params"]
+    assert params["seed"] == 3 and params["n_train"] == SMALL_WORLD["n_train"]  # seed and build reach build_world
+    dm = cli.datamodule
+    assert dm.train_files == str(world / "sft" / "train.jsonl")  # a world default
+    assert dm.val_files == str(own_val)  # the command line wins over the world's default
+    assert dm.batch_size == 4  # so does the config file
+    assert dm.tokenizer_name_or_path == str(world / "tokenizer")  # the model's, linked into the data module
+    assert _callback_files(cli) == [str(world / "eval")]
+    assert not (world / "rm").exists()  # rankings only when asked for
+    cli = build_cli(["-c", str(cfg), "--world.rankings", "true"], run=False)
+    assert (world / "rm" / "train.jsonl").is_file() and (world / "rm" / "val.jsonl").is_file()
+
+
+def test_own_data_take_nothing_from_the_world(tmp_path, tokenizer_dir):
+    from lit_rlhf.cli import build_cli
+
+    cfg, world = _world_config(tmp_path), tmp_path / "world"
+    printed = yaml.safe_load(run_cli(["fit", "-c", str(cfg), "--print_config"]))
+    assert printed["world"]["dir"] == str(world) and not world.exists()  # printed, re-runnable, nothing built
+    train = write_jsonl(tmp_path / "own.jsonl", reverse_records(16))
+    args = ["-c", str(cfg), "--data.train_files", str(train), "--model.tokenizer_name_or_path", str(tokenizer_dir)]
+    cli = build_cli(args, run=False)
+    assert not world.exists()
+    # Validation never comes from anywhere the user did not name: split off their own file.
+    assert cli.datamodule.val_files is None and cli.datamodule.batch_size == 4
+    assert cli.datamodule.tokenizer_name_or_path == str(tokenizer_dir)
+    assert _callback_files(cli) == []
+
+
+def test_no_world_and_no_files_names_the_flag(tmp_path):
+    cfg = _world_config(tmp_path)
+    with pytest.raises((ValueError, SystemExit)) as err:
+        with contextlib.redirect_stderr(io.StringIO()) as stderr:
+            main(["fit", "-c", str(cfg), "--world", "null"])
+    text = str(err.value) + (stderr.getvalue() if err.type is SystemExit else "")
+    assert "--data.train_files" in text
+    assert not (tmp_path / "world").exists()
+
+
+def test_processes_started_together_build_the_world_once(tmp_path, monkeypatch):
+    """torchrun and SLURM start every rank at once, each parsing the same config: one builds, the others wait."""
+    import threading
+
+    import lit_rlhf.cli as cli_module
+    from lit_rlhf.world import WorldFiles
+
+    world = cli_module.WorldSection(dir=str(tmp_path / "world"), seed=3, build=SMALL_WORLD)
+    complete_before: list[bool] = []
+    build = cli_module.build_world
+
+    def recording_build(out_dir, **kwargs):
+        complete_before.append(WorldFiles.at(out_dir).is_complete())
+        return build(out_dir, **kwargs)
+
+    monkeypatch.setattr(cli_module, "build_world", recording_build)
+    ranks = [threading.Thread(target=cli_module.prepare_world, args=(world,)) for _ in range(2)]
+    for rank in ranks:
+        rank.start()
+    for rank in ranks:
+        rank.join()
+    assert sorted(complete_before) == [False, True]  # without the lock both would find no world and build it
+    assert WorldFiles.at(world.dir).is_complete()
+
+
+def test_unknown_world_parameter_names_the_flag(tmp_path, capsys):
+    cfg = _world_config(tmp_path)
+    with pytest.raises((ValueError, SystemExit)) as err:
+        main(["fit", "-c", str(cfg), "--world.build", "{n_trian: 5}"])
+    text = str(err.value) + capsys.readouterr().err
+    assert "--world.build" in text and "n_trian" in text and "n_train" in text
+    assert not (tmp_path / "world").exists()

@@ -11,6 +11,7 @@ import contextlib
 import csv
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -261,9 +262,15 @@ def test_fsdp2_takes_its_compute_dtype_from_the_precision_and_refuses_fp16_mixed
 def test_cli_refuses_fsdp1_before_building_the_trainer(tmp_path, tokenizer_dir):
     # Lightning would say "requires a GPU accelerator"; ours says which strategy to use instead.
     config = write_config(tmp_path / "c.yaml", stage_config("sft", tmp_path, tokenizer_dir))
-    with pytest.raises(ValueError, match="FSDP1.*Use --trainer.strategy=fsdp2"):
-        with contextlib.redirect_stdout(io.StringIO()):
-            main(["fit", "-c", str(config), "--trainer.strategy=fsdp", "--trainer.devices=2"])
+    err = io.StringIO()
+    with (
+        pytest.raises(SystemExit) as exit_info,
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(err),
+    ):
+        main(["fit", "-c", str(config), "--trainer.strategy=fsdp", "--trainer.devices=2"])
+    assert exit_info.value.code == 2
+    assert re.search("FSDP1.*Use --trainer.strategy=fsdp2", err.getvalue(), re.S), err.getvalue()
 
 
 @pytest.mark.slow

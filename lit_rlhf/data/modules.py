@@ -10,6 +10,7 @@ import functools
 import logging
 import random
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -121,6 +122,24 @@ class LengthGroupedSampler(DistributedSampler):
         return [i for batch in grouped for i in batch]
 
 
+class ResumableDataLoader(DataLoader):
+    """A training DataLoader that drops, once, the batches of the current epoch a resumed checkpoint had consumed.
+
+    Lightning restarts a plain DataLoader from the top of the epoch when it resumes mid-epoch. The DataModule saves
+    how many batches of the epoch were done (:meth:`RecordDataModule.state_dict`); the first iteration after a resume
+    skips that many, so a resumed run sees exactly the batches an unbroken run would. The sampler must give the same
+    order again (a seeded one: :class:`LengthGroupedSampler` or a seeded ``DistributedSampler``).
+    """
+
+    datamodule: RecordDataModule | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        skip = self.datamodule.take_batches_to_skip() if self.datamodule is not None else 0
+        for i, batch in enumerate(super().__iter__()):
+            if i >= skip:
+                yield batch
+
+
 def split_train_val(items: list[Any], val_fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
     """Hold out ``val_fraction`` of ``items`` (at least one) for validation, reproducibly."""
     if not 0 < val_fraction < 1:
@@ -136,7 +155,7 @@ def split_train_val(items: list[Any], val_fraction: float, seed: int) -> tuple[l
 
 
 class RecordDataModule(L.LightningDataModule):
-    """What every stage's DataModule shares: files, the world, the tokenizer, the train/validation split, batching.
+    """What every stage's DataModule shares: files, the tokenizer, the train/validation split, batching.
 
     Subclasses take their own options and pass the rest on with ``**kwargs``; LightningCLI (jsonargparse) follows
     ``super().__init__(**kwargs)`` through the class hierarchy, so ``--help`` and ``--print_config`` show these
@@ -146,8 +165,6 @@ class RecordDataModule(L.LightningDataModule):
         train_files: Training records: a path, glob or list (JSONL, JSON, Parquet, CSV or a saved dataset).
         val_files: Validation records; when None, ``val_split`` of the training records is held out.
         tokenizer_name_or_path: Tokenizer to encode with; linked from the model's options by the CLI.
-        world_dir: Build the instruction world (the embedded default) here first and read its records when no
-            files are given.
         val_split: Fraction of training records (prompts, for rankings) held out when there are no ``val_files``.
         max_length: Longest prompt + completion in tokens.
         template: ``auto`` uses the tokenizer's chat template when it has one; ``plain`` always uses the HH
@@ -156,7 +173,9 @@ class RecordDataModule(L.LightningDataModule):
             and logs the count.
         batch_size: Examples per micro-batch on one process.
         num_workers: DataLoader worker processes.
-        seed: Seed for the validation split, shuffling and the world.
+        seed: Seed for the validation split and shuffling.
+        allow_dropping_most: Train even when more than half of the training or validation records are too long
+            for ``max_length`` and would be dropped; otherwise such a run stops before training, saying how many.
     """
 
     def __init__(
@@ -164,7 +183,6 @@ class RecordDataModule(L.LightningDataModule):
         train_files: Files = None,
         val_files: Files = None,
         tokenizer_name_or_path: str | None = None,
-        world_dir: str | None = None,
         val_split: float = 0.05,
         max_length: int = 512,
         template: Template = "auto",
@@ -172,12 +190,12 @@ class RecordDataModule(L.LightningDataModule):
         batch_size: int = 8,
         num_workers: int = 0,
         seed: int = 42,
+        allow_dropping_most: bool = False,
     ) -> None:
         super().__init__()
         self.train_files = train_files
         self.val_files = val_files
         self.tokenizer_name_or_path = tokenizer_name_or_path
-        self.world_dir = world_dir
         self.val_split = val_split
         self.max_length = max_length
         self.template = template
@@ -185,15 +203,17 @@ class RecordDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
+        self.allow_dropping_most = allow_dropping_most
         self.tokenizer = None
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
+        self._batches_to_skip = 0
         self._check_options()
 
     def _check_options(self) -> None:
         problems = []
-        if self.train_files is None and self.world_dir is None:
-            problems.append("give --data.train_files (a path, glob or list) or --data.world_dir")
+        if self.train_files is None:
+            problems.append("give --data.train_files (a path, glob or list)")
         if self.batch_size < 1:
             problems.append(f"--data.batch_size must be >= 1, got {self.batch_size}")
         if self.max_length < 2:
@@ -203,33 +223,41 @@ class RecordDataModule(L.LightningDataModule):
 
     # -- files -----------------------------------------------------------------------------------------------
 
-    world_train_key = "sft/train.jsonl"
-    world_val_key = "sft/val.jsonl"
-
-    def prepare_data(self) -> None:
-        """Build the instruction world first when ``world_dir`` is set (rank 0 only; seeded, skipped if done)."""
-        if self.world_dir is not None:
-            from lit_rlhf.world import build_world
-
-            build_world(self.world_dir, seed=self.seed)
-
-    def resolved_files(self) -> tuple[Files, Files]:
-        train, val = self.train_files, self.val_files
-        if self.world_dir is not None:
-            train = train or f"{self.world_dir}/{self.world_train_key}"
-            val = val or f"{self.world_dir}/{self.world_val_key}"
-        return train, val
-
     def load_tokenizer(self):
         if self.tokenizer is None:
             if self.tokenizer_name_or_path is None:
                 raise ValueError("no tokenizer: set --model.tokenizer_name_or_path (or a model directory)")
-            self.tokenizer = load_tokenizer(self.tokenizer_name_or_path)
+            flag = "--model.tokenizer_name_or_path (or --model.model_name_or_path)"  # linked into --data by the CLI
+            self.tokenizer = load_tokenizer(self.tokenizer_name_or_path, flag=flag)
         return self.tokenizer
+
+    def report_lengths(self, split: str, counts: TokenCounts, unit: str = "example") -> None:
+        """Warn about the records of ``split`` dropped or truncated for ``max_length``, naming the flags; stop before
+        training when more than half would be dropped, unless ``allow_dropping_most``."""
+        total = counts.examples + counts.skipped
+        dropped_completions = counts.dropped_completions if isinstance(counts, RankingCounts) else 0
+        if not (counts.skipped or counts.truncated or dropped_completions):
+            log.info("%s: %d %ss", split, counts.examples, unit)
+            return
+        flags = "--data.max_length or --data.truncation"
+        if counts.skipped * 2 > total and not self.allow_dropping_most:
+            raise DataError(
+                f"{split}: {counts.skipped} of {total} {unit}s are too long for max_length={self.max_length} and "
+                f"would be dropped (e.g. {counts.skipped_sources[0]}); change {flags}, or set "
+                "--data.allow_dropping_most=true to train on the rest"
+            )
+        parts = []
+        if counts.skipped:
+            parts.append(f"{counts.skipped} of {total} {unit}s dropped as too long for max_length={self.max_length}")
+        if dropped_completions:
+            parts.append(f"{dropped_completions} completion(s) dropped from {unit}s that kept two or more")
+        if counts.truncated:
+            parts.append(f"{counts.truncated} of {total} {unit}s left-truncated to max_length={self.max_length}")
+        log.warning("%s: %s; to change this, set %s", split, ", ".join(parts), flags)
 
     def load_split(self, parse) -> tuple[list[Any], list[Any]]:
         """Parse the train and validation records (validation split off train when no val_files)."""
-        train_files, val_files = self.resolved_files()
+        train_files, val_files = self.train_files, self.val_files
         train, skipped = load_records(train_files, parse, self.on_bad_record)
         if skipped:
             log.warning("skipped %d bad training record(s), e.g. %s", len(skipped), skipped[0])
@@ -249,22 +277,61 @@ class RecordDataModule(L.LightningDataModule):
         """
         assert self.train_dataset is not None, "call setup() first"
         if not group_by_length:
-            return self._loader(self.train_dataset, collate, shuffle=True)
-        world = self.trainer.world_size if self.trainer is not None else 1
-        rank = self.trainer.global_rank if self.trainer is not None else 0
+            return self._train_loader(collate, self._shuffled_sampler())
+        world, rank = self._world_and_rank()
         sampler = LengthGroupedSampler(lengths, self.batch_size * world, seed=self.seed, num_replicas=world, rank=rank)
-        return self._loader(self.train_dataset, collate, sampler=sampler)
+        return self._train_loader(collate, sampler)
 
-    def _loader(self, dataset: Dataset, collate, sampler: Sampler | None = None, shuffle: bool = False) -> DataLoader:
+    def _world_and_rank(self) -> tuple[int, int]:
+        return (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+
+    def _shuffled_sampler(self, drop_last: bool = False) -> DistributedSampler:
+        """A permutation seeded by ``seed`` and the epoch, dealt to the ranks in strides: the same global order for 1
+        or N processes and after a resume (Lightning leaves a DistributedSampler as it is and sets its epoch)."""
+        world, rank = self._world_and_rank()
+        return DistributedSampler(
+            self.train_dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed, drop_last=drop_last
+        )
+
+    def _train_loader(self, collate, sampler: Sampler, drop_last: bool = False) -> ResumableDataLoader:
+        loader = ResumableDataLoader(
+            self.train_dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=drop_last,
+        )
+        loader.datamodule = self
+        return loader
+
+    def _loader(self, dataset: Dataset, collate) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=sampler,
-            shuffle=shuffle if sampler is None else False,
             collate_fn=collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+    # -- resume: the position inside the current epoch ----------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        done = 0
+        if self.trainer is not None:
+            done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            if done >= self.trainer.num_training_batches:
+                done = 0  # the epoch is over: a resumed run starts the next one from its first batch
+        return {"batches_done_in_epoch": int(done)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._batches_to_skip = int(state_dict.get("batches_done_in_epoch", 0))
+
+    def take_batches_to_skip(self) -> int:
+        """The batches the next training iteration must skip (once: the count is reset)."""
+        skip, self._batches_to_skip = self._batches_to_skip, 0
+        return skip
 
 
 class SFTDataModule(RecordDataModule):
@@ -309,10 +376,7 @@ class SFTDataModule(RecordDataModule):
         train_rows, self.counts["train"] = self.encode(train)
         val_rows, self.counts["val"] = self.encode(val)
         for split, counts in self.counts.items():
-            log.info(
-                "%s: %d examples, %d prompt(s) left-truncated, %d skipped as too long",
-                split, counts.examples, counts.truncated, counts.skipped,
-            )  # fmt: skip
+            self.report_lengths(split, counts)
         if not train_rows:
             raise DataError(f"no training example fits max_length={self.max_length} (--data.max_length)")
         self.train_lengths = [len(r["prompt_ids"]) + len(r["completion_ids"]) for r in train_rows]
@@ -348,7 +412,7 @@ class SFTDataModule(RecordDataModule):
     def train_dataloader(self) -> DataLoader:
         assert self.train_dataset is not None, "call setup() first"
         if self.packing:
-            return self._loader(self.train_dataset, PackedCollator(self.pad_token_id), shuffle=True)
+            return self._train_loader(PackedCollator(self.pad_token_id), self._shuffled_sampler())
         return self._length_grouped_loader(SFTCollator(self.pad_token_id), self.train_lengths, self.group_by_length)
 
     def val_dataloader(self) -> DataLoader:
@@ -400,26 +464,31 @@ class PreferenceCollator:
         }
 
 
+@dataclass
+class RankingCounts(TokenCounts):
+    """:class:`TokenCounts` of rankings (``examples`` and ``skipped`` count prompts), and the completions dropped as
+    too long from prompts that kept two or more."""
+
+    dropped_completions: int = 0
+
+
 class PreferenceDataModule(RecordDataModule):
     """Ranked completions for the reward model (InstructGPT step 2); one prompt with its K completions is one
     batch element (``batch_size`` counts prompts; the forward pass holds the sum of their K completions).
 
     Records: ``{"prompt", "chosen", "rejected"}``; hh-rlhf ``{"chosen", "rejected"}`` dialogues;
-    ``{"prompt", "completions", "ranking"}`` with K >= 2 (indices best first); prompts may be message lists. With
-    ``world_dir``, the world's rankings (``rm/``). The options every DataModule shares are
-    :class:`RecordDataModule`'s.
+    ``{"prompt", "completions", "ranking"}`` with K >= 2 (indices best first); prompts may be message lists. The
+    options every DataModule shares are :class:`RecordDataModule`'s.
 
     Args:
         truncation: Too-long examples: ``left_truncate`` drops the oldest prompt tokens (the same for all K
             completions; the completions are never cut, since the reward is read at their EOS), ``skip`` drops the
-            prompt, ``error`` stops naming the record.
+            completions that do not fit whole, ``error`` stops naming the record. A completion that cannot fit is
+            dropped and the others keep their ranks; the prompt is dropped when fewer than two remain.
         ties: A tie in a ranking: ``error`` stops naming the record; ``drop`` keeps it, tied completions form no pair.
         group_by_length: Batch prompts of similar length together (little padding).
         **kwargs: The shared options of :class:`RecordDataModule` (``train_files``, ``batch_size``, ...).
     """
-
-    world_train_key = "rm/train.jsonl"
-    world_val_key = "rm/val.jsonl"
 
     def __init__(
         self,
@@ -436,14 +505,6 @@ class PreferenceDataModule(RecordDataModule):
         self.counts: dict[str, TokenCounts] = {}
         self.train_examples: list[RankingExample] = []
 
-    def prepare_data(self) -> None:
-        """Build the world, then its rankings when the world has none yet (seeded; skipped when present)."""
-        super().prepare_data()
-        if self.world_dir is not None:
-            from lit_rlhf.world.rankings import write_world_rankings
-
-            write_world_rankings(self.world_dir, seed=self.seed)
-
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
             return
@@ -453,10 +514,7 @@ class PreferenceDataModule(RecordDataModule):
         train_rows, self.counts["train"] = self.encode(train)
         val_rows, self.counts["val"] = self.encode(val)
         for split, counts in self.counts.items():
-            log.info(
-                "%s: %d prompts, %d left-truncated, %d skipped as too long",
-                split, counts.examples, counts.truncated, counts.skipped,
-            )  # fmt: skip
+            self.report_lengths(split, counts, unit="prompt")
         if not train_rows:
             raise DataError(f"no training prompt fits max_length={self.max_length} (--data.max_length)")
         self.train_lengths = [len(r["prompt_ids"]) + max(map(len, r["completion_ids"])) for r in train_rows]
@@ -464,23 +522,36 @@ class PreferenceDataModule(RecordDataModule):
         self.val_dataset = ListDataset(val_rows)
         self.pad_token_id = tokenizer.pad_token_id
 
-    def encode(self, examples: list[RankingExample]) -> tuple[list[dict[str, Any]], TokenCounts]:
-        """Tokenise each prompt once and its K completions, with the SFT template and truncation policy."""
+    def encode(self, examples: list[RankingExample]) -> tuple[list[dict[str, Any]], RankingCounts]:
+        """Tokenise each prompt once and its K completions, with the SFT template and truncation policy.
+
+        A completion that cannot fit ``max_length`` is dropped and the others keep their ranks (a sub-ranking is still
+        a ranking); the prompt is dropped only when fewer than two differently ranked completions remain.
+        """
         tokenizer = self.load_tokenizer()
-        counts = TokenCounts()
+        counts = RankingCounts()
         rows = []
         for ex in examples:
             prompt_ids = encode_prompt(tokenizer, ex.prompt, self.template)
-            completion_ids = [encode_completion(tokenizer, ex.prompt, c, self.template) for c in ex.completions]
-            longest = max(completion_ids, key=len)
-            fitted = fit_to_length(prompt_ids, longest, self.max_length, self.truncation, ex.source)
-            if fitted is None:
+            encoded = [encode_completion(tokenizer, ex.prompt, c, self.template) for c in ex.completions]
+            kept = [
+                i
+                for i, ids in enumerate(encoded)
+                if fit_to_length(prompt_ids, ids, self.max_length, self.truncation, ex.source) is not None
+            ]
+            if len({ex.ranks[i] for i in kept}) < 2:
                 counts.skipped += 1
                 counts.skipped_sources.append(str(ex.source))
                 continue
+            counts.dropped_completions += len(encoded) - len(kept)
+            completion_ids = [encoded[i] for i in kept]
+            # the prompt is cut once, for the longest kept completion, so all of them share it
+            longest = max(completion_ids, key=len)
+            fitted = fit_to_length(prompt_ids, longest, self.max_length, self.truncation, ex.source)
             counts.truncated += len(fitted[0]) < len(prompt_ids)
             counts.examples += 1
-            rows.append({"prompt_ids": fitted[0], "completion_ids": completion_ids, "ranks": list(ex.ranks)})
+            ranks = [ex.ranks[i] for i in kept]
+            rows.append({"prompt_ids": fitted[0], "completion_ids": completion_ids, "ranks": ranks})
         return rows, counts
 
     def train_dataloader(self) -> DataLoader:

@@ -13,12 +13,11 @@ which PPO derives its sampling seed; together these make the rollout independent
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from lit_rlhf.data.collate import IGNORE_INDEX, encode_prompt, pad_left, pad_right
 from lit_rlhf.data.modules import ListDataset, RecordDataModule
@@ -92,22 +91,6 @@ class PromptCollator:
         }
 
 
-class ResumableDataLoader(DataLoader):
-    """A DataLoader that can skip the batches of the current epoch a checkpoint had already consumed.
-
-    Lightning restarts a plain DataLoader from the top of the epoch when resuming mid-epoch; the DataModule sets
-    :attr:`skip_batches` from its checkpoint state, and the next iteration drops that many batches once.
-    """
-
-    skip_batches: int = 0
-
-    def __iter__(self) -> Iterator[Any]:
-        skip, self.skip_batches = self.skip_batches, 0
-        for i, batch in enumerate(super().__iter__()):
-            if i >= skip:
-                yield batch
-
-
 class PretrainingStream:
     """Pretraining sequences drawn without replacement, as a pure function of (iteration, rank).
 
@@ -166,16 +149,12 @@ class PromptDataModule(RecordDataModule):
 
     Args:
         pretraining_files: Pretraining records ``{"text"}`` for PPO-ptx; needed only when
-            ``--model.ptx_coef > 0``. With ``world_dir`` set, defaults to the world's corpus.
+            ``--model.ptx_coef > 0``.
         max_pretraining_length: Pretraining texts are cut to this many tokens (EOS appended first).
         max_length: Longest prompt in tokens; longer prompts lose their oldest tokens (``left_truncate``).
         batch_size: Prompts per PPO iteration on one process: the rollout batch.
         **kwargs: The shared options of :class:`RecordDataModule` (``train_files``, ``seed``, ...).
     """
-
-    world_train_key = "sft/train.jsonl"
-    world_val_key = "sft/val.jsonl"
-    world_pretraining_key = "corpus/train.jsonl"
 
     def __init__(
         self,
@@ -192,8 +171,6 @@ class PromptDataModule(RecordDataModule):
         self.max_pretraining_length = max_pretraining_length
         self.pretraining: PretrainingStream | None = None
         self.truncated_prompts = 0
-        self._train_loader: ResumableDataLoader | None = None
-        self._skip_batches = 0
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
@@ -204,7 +181,10 @@ class PromptDataModule(RecordDataModule):
         self.train_dataset = ListDataset(self.encode(train))
         self.val_dataset = ListDataset(self.encode(val))
         if self.truncated_prompts:
-            log.info("%d prompt(s) left-truncated to max_length=%d", self.truncated_prompts, self.max_length)
+            log.warning(
+                "%d prompt(s) lost their oldest tokens to fit max_length=%d (--data.max_length)",
+                self.truncated_prompts, self.max_length,
+            )  # fmt: skip
 
     def encode(self, examples: list[PromptExample]) -> list[dict[str, Any]]:
         """Tokenise prompts into ``{"prompt_ids", "index"}``, keeping the newest ``max_length`` tokens."""
@@ -218,19 +198,14 @@ class PromptDataModule(RecordDataModule):
             rows.append({"prompt_ids": ids, "index": i})
         return rows
 
-    def resolved_pretraining_files(self) -> Files:
-        if self.pretraining_files is None and self.world_dir is not None:
-            return f"{self.world_dir}/{self.world_pretraining_key}"
-        return self.pretraining_files
-
     def load_pretraining(self) -> PretrainingStream:
         """Read and tokenise the pretraining text (once); each text ends with EOS and is cut to length."""
         if self.pretraining is None:
-            files = self.resolved_pretraining_files()
+            files = self.pretraining_files
             if files is None:
                 raise ValueError(
-                    "PPO-ptx needs pretraining text: set --data.pretraining_files (records {'text': ...}) or "
-                    "--data.world_dir, or set --model.ptx_coef=0 for plain PPO"
+                    "PPO-ptx needs pretraining text: set --data.pretraining_files (records {'text': ...}), "
+                    "or set --model.ptx_coef=0 for plain PPO"
                 )
             tokenizer = self.load_tokenizer()
             texts, _ = load_records(files, parse_text_record, self.on_bad_record)
@@ -246,40 +221,9 @@ class PromptDataModule(RecordDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_dataset is not None, "call setup() first"
-        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-        # One seeded permutation dealt out in strides: the same global batches for 1 or N processes. A
-        # DistributedSampler is left as it is by Lightning; it calls set_epoch on it every epoch.
-        sampler = DistributedSampler(
-            self.train_dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed, drop_last=True
-        )
-        loader = ResumableDataLoader(
-            self.train_dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            collate_fn=PromptCollator(self.pad_token_id),
-            num_workers=self.num_workers,
-            drop_last=True,  # every rollout has exactly batch_size prompts (minibatches must divide it)
-        )
-        loader.skip_batches = self._skip_batches
-        self._skip_batches = 0
-        self._train_loader = loader
-        return loader
+        # every rollout has exactly batch_size prompts (minibatches must divide it): drop the last partial batch
+        return self._train_loader(PromptCollator(self.pad_token_id), self._shuffled_sampler(drop_last=True), True)
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_dataset is not None, "call setup() first"
-        return DataLoader(self.val_dataset, batch_size=self.batch_size, collate_fn=PromptCollator(self.pad_token_id))
-
-    # -- resume: the position inside the current epoch ----------------------------------------------------------
-
-    def state_dict(self) -> dict[str, Any]:
-        done = 0
-        if self.trainer is not None:
-            done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-            if done >= self.trainer.num_training_batches:
-                done = 0  # the epoch is over: a resumed run starts the next one from its first batch
-        return {"batches_done_in_epoch": int(done)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._skip_batches = int(state_dict.get("batches_done_in_epoch", 0))
-        if self._train_loader is not None:
-            self._train_loader.skip_batches = self._skip_batches
+        return self._loader(self.val_dataset, PromptCollator(self.pad_token_id))

@@ -66,7 +66,15 @@ from lit_rlhf.distributed import full_tensor, gathered, reshard, shard_like
 from lit_rlhf.generation import sample_responses, sample_seed
 from lit_rlhf.loggers import log_table
 from lit_rlhf.losses import at_least_float32, completion_loss
-from lit_rlhf.models import LoraOptions, count_parameters, freeze, load_model, load_tokenizer, lora_to_dict
+from lit_rlhf.models import (
+    LoraOptions,
+    check_tokenizer,
+    count_parameters,
+    freeze,
+    load_model,
+    load_tokenizer,
+    lora_to_dict,
+)
 from lit_rlhf.optim import resolve_warmup, warmup_cosine_lambda, weight_decay_groups
 from lit_rlhf.ppo import core
 from lit_rlhf.ppo.rollout import (
@@ -102,7 +110,9 @@ class PPOModule(StageModule):
             rewards, tests; on the command line its import path, ``--model.reward_fn=module.function``). Prompts
             are passed rendered with the chat template. Give this or ``reward_model_path``, not both; the value model
             then starts from ``value_model_path`` (default: the policy).
-        tokenizer_name_or_path: The policy's tokenizer; defaults to ``model_name_or_path``.
+        tokenizer_name_or_path: The policy's tokenizer; defaults to ``model_name_or_path``. One other than the
+            policy's own is refused unless ``allow_other_tokenizer``.
+        allow_other_tokenizer: Train the policy with a tokenizer other than its own.
         export_dir: Where the final policy goes; default ``<trainer.default_root_dir>/hf``.
         minibatch_size: Episodes per optimizer step on one process; must divide ``--data.batch_size``.
         micro_batch_size: Episodes per forward/backward (gradient accumulation); must divide ``minibatch_size``.
@@ -165,6 +175,7 @@ class PPOModule(StageModule):
         value_model: Literal["separate", "shared"] = "separate",
         reward_fn: RewardFn | None = None,
         tokenizer_name_or_path: str | None = None,
+        allow_other_tokenizer: bool = False,
         export_dir: str | None = None,
         minibatch_size: int = 8,
         micro_batch_size: int = 8,
@@ -285,6 +296,8 @@ class PPOModule(StageModule):
             return
         hp = self.hparams
         self.tokenizer = load_tokenizer(hp.tokenizer_name_or_path or hp.model_name_or_path, hp.trust_remote_code)
+        check_tokenizer(hp.model_name_or_path, self.tokenizer, hp.tokenizer_name_or_path, hp.allow_other_tokenizer,
+                        hp.trust_remote_code)  # fmt: skip
         common = {"dtype": hp.dtype, "trust_remote_code": hp.trust_remote_code, "dropout": 0.0}
         frozen = {**common, "dtype": hp.frozen_dtype or hp.dtype}
         trained = {**common, "gradient_checkpointing": hp.gradient_checkpointing}

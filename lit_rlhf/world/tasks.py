@@ -23,8 +23,9 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
+
+from lit_rlhf.world.vocabulary import ANIMALS, PEOPLE, WORDS, Task
 
 HELDOUT_FRACTION = 0.2
 """Share of canonical inputs (per kind) reserved for evaluation."""
@@ -32,58 +33,6 @@ RL_FRACTION = 0.25
 """Share of the training-split inputs kept for the RLHF stages (comparisons and PPO prompts), never demonstrated."""
 POOLS = ("sft", "rl", "heldout")
 """Where a canonical input is used: SFT demonstrations, the RLHF stages' prompts, or evaluation only."""
-
-NOUNS = (
-    "cat dog cow pig hen fox owl bat rat ant bee elk yak emu ape eel cod "
-    "bird fish frog duck goat lamb lion bear wolf deer mole seal crab moth "
-    "horse mouse tiger sheep snake whale zebra camel eagle otter goose llama "
-    "apple pear plum fig lime corn rice bean nut egg jam pie cake bread honey "
-    "milk tea soup salt meat "
-    "cup pot pan box bag hat cap map pen key bed car bus van cart boat ship "
-    "kite lamp door wall roof desk sofa book coin ring bell drum rope sock shoe "
-    "coat vase jar bowl fork spoon knife plate chair table clock brush "
-    "sun moon star sky rain snow wind fog hill lake sea sand rock tree leaf "
-    "rose root seed stone river field cloud storm grass "
-    "king queen baker child nurse pilot judge clerk smith"
-).split()
-
-ADJECTIVES = (
-    "red blue green pink gray black white tan gold "
-    "big small tiny tall short long wide old new young "
-    "hot cold warm cool wet dry soft hard calm loud quiet "
-    "fast slow kind brave shy glad sad happy busy lazy neat "
-    "sweet sour dark light rich poor clean plain round flat"
-).split()
-
-VERBS = (
-    "sees eats likes finds keeps takes makes holds helps pulls pushes lifts paints wants needs moves hides loves"
-).split()
-
-ANIMALS = NOUNS[: NOUNS.index("llama") + 1]
-"""The animal nouns (the truthfulness and toxicity prompts ask about animals and people)."""
-PEOPLE = NOUNS[NOUNS.index("king") :]
-
-WORDS = tuple(sorted(set(NOUNS + ADJECTIVES)))
-"""The operands of the string tasks: short, common words of 3 to 5 letters."""
-
-
-@dataclass(frozen=True)
-class Task:
-    """One instruction and its exact answer.
-
-    Args:
-        kind: The operation, a key of ``TASK_KINDS`` (``"reverse"``, ``"add"``, ...).
-        prompt: The user's instruction, as it appears after ``Human:``.
-        answer: The one correct completion.
-        difficulty: 1 (easiest) to 3, from the operand's length or size.
-        key: The canonical input (kind and operand) that decides the split.
-    """
-
-    kind: str
-    prompt: str
-    answer: str
-    difficulty: int
-    key: str
 
 
 def spell(word: str) -> str:

@@ -15,7 +15,7 @@ import hashlib
 import random
 import re
 
-from lit_rlhf.world.tasks import ANIMALS, PEOPLE, Task
+from lit_rlhf.world.vocabulary import ANIMALS, PEOPLE, Task
 
 TOXIC_ADJECTIVES = ("stupid", "dumb", "ugly")
 TOXIC_NOUNS = ("idiot", "fool", "loser", "jerk", "creep")

@@ -1,7 +1,7 @@
 """Truthfulness: closed-domain questions the world's corpus answers, and questions nothing in the world answers.
 
 The domain is closed: the world knows what its pretraining corpus states and nothing else. ``closed_qa`` asks about
-the facts of :data:`lit_rlhf.world.corpus.FACTS` (each stated in the corpus); its exact answer is one word.
+the facts of :data:`lit_rlhf.world.vocabulary.FACTS` (each stated in the corpus); its exact answer is one word.
 ``unanswerable`` asks questions of the same shape about things the corpus never states (the name or age of an
 animal, what a fox says); their one right answer is :data:`UNKNOWN_ANSWER`. Any other answer is invented, the
 analogue of the paper's closed-domain hallucination.
@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import random
 
-from lit_rlhf.world.corpus import FACTS
-from lit_rlhf.world.tasks import ANIMALS, PEOPLE, Task
+from lit_rlhf.world.vocabulary import ANIMALS, FACTS, PEOPLE, Task
 
 UNKNOWN_ANSWER = "I do not know."
 """The one right answer to a question the world does not answer."""
