@@ -159,6 +159,16 @@ def _in_batches(
     return out
 
 
+def context_length(model: nn.Module) -> int | None:
+    """The longest sequence the model's positions allow (``n_positions`` / ``max_position_embeddings``), if known."""
+    config = getattr(model, "config", None)
+    for key in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 @torch.no_grad()
 def generate_greedy(
     model: nn.Module,

@@ -200,3 +200,16 @@ def test_trained_token_loss_equals_the_full_logits_loss(tokenizer_dir):
     assert torch.allclose(fast, full, atol=1e-5)
     for g, p in zip(fast_grads, module.model.parameters(), strict=True):
         assert torch.allclose(g, p.grad, atol=1e-6)
+
+
+def test_logged_samples_of_an_untrained_model_stay_inside_its_positions(tmp_path, tokenizer_dir):
+    # An untrained model never says EOS: 64 new tokens after a ~20-token prompt would overrun 64 positions.
+    records = write_jsonl(tmp_path / "train.jsonl", reverse_records(8, seed=1))
+    data = SFTDataModule(train_files=str(records), val_files=str(records), tokenizer_name_or_path=str(tokenizer_dir))
+    module = SFTModule(model_name_or_path="scratch:gpt2", tokenizer_name_or_path=str(tokenizer_dir),
+                       model_config={**TINY_GPT2, "n_positions": 64}, num_sample_prompts=2,
+                       sample_max_new_tokens=64)  # fmt: skip
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(module, data)
+    assert "val/loss" in trainer.callback_metrics

@@ -66,3 +66,26 @@ def test_a_pretrained_model_trains_with_dropout_on_and_validates_with_it_off(tmp
     trainer.fit(module, data)
     assert probe.train and all(active and ps == {0.2} for active, ps in probe.train), probe.train
     assert probe.val and not any(probe.val), "validation runs in eval mode"
+
+
+def test_a_tokenizer_other_than_the_models_own_is_refused_unless_asked_for(tmp_path, pretrained_dir):
+    # A config's tokenizer left beside a user's own model: other token ids, silently wrong before.
+    from lit_rlhf.models import train_tokenizer
+
+    other = tmp_path / "other_tokenizer"
+    train_tokenizer([r["prompt"] for r in reverse_records(200)] * 2, vocab_size=300).save_pretrained(other)
+    module = SFTModule(model_name_or_path=str(pretrained_dir), tokenizer_name_or_path=str(other))
+    with pytest.raises(ValueError) as err:
+        module.configure_model()
+    message = str(err.value)
+    assert (
+        "is not the tokenizer of --model.model_name_or_path" in message and "--model.allow_other_tokenizer" in message
+    )
+    assert "(300 tokens)" in message or "tokens)" in message
+    own = len(SFTModule(model_name_or_path=str(pretrained_dir)).load_model_and_tokenizer("causal_lm", False)
+              .get_input_embeddings().weight)  # fmt: skip
+    assert f"({own} tokens)" in message, "both vocabulary sizes are named"
+    # asked for explicitly: allowed; the model's own tokenizer named explicitly: fine too
+    SFTModule(model_name_or_path=str(pretrained_dir), tokenizer_name_or_path=str(other),
+              allow_other_tokenizer=True).configure_model()  # fmt: skip
+    SFTModule(model_name_or_path=str(pretrained_dir), tokenizer_name_or_path=str(pretrained_dir)).configure_model()
