@@ -343,6 +343,7 @@ def _instantiate(
         model = auto_cls.from_config(config)
         return model.to(torch_dtype) if isinstance(torch_dtype, torch.dtype) else model
     config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+    _check_shape_unchanged(model_name_or_path, config, model_config or {})
     for key, value in (model_config or {}).items():
         setattr(config, key, value)
     if head == "score":
@@ -354,6 +355,29 @@ def _instantiate(
         trust_remote_code=trust_remote_code,
         use_safetensors=_has_safetensors(model_name_or_path),
     )
+
+
+SHAPE_KEYS = frozenset({
+    "n_layer", "n_embd", "n_head", "n_inner", "n_positions", "hidden_size", "num_hidden_layers",
+    "num_attention_heads", "num_key_value_heads", "intermediate_size", "max_position_embeddings", "head_dim",
+    "vocab_size",
+})  # fmt: skip
+"""Config fields that size a model's weights: a pretrained model's cannot change."""
+
+
+def _check_shape_unchanged(model_name_or_path: str, config: PretrainedConfig, model_config: dict[str, Any]) -> None:
+    """Refuse ``model_config`` overrides that would resize a pretrained model's weights (a scratch model's shape,
+    say, left in a config beside a user's own model), naming each field and both values."""
+    changed = [
+        f"{key}={value} (the model has {getattr(config, key)})"
+        for key, value in model_config.items()
+        if key in SHAPE_KEYS and hasattr(config, key) and getattr(config, key) != value
+    ]
+    if changed:
+        raise ValueError(
+            f"--model.model_config would change the shape of the pretrained {model_name_or_path}: {', '.join(changed)}."
+            " A scratch model's sizes do not apply to a pretrained one: pass --model.model_config=null"
+        )
 
 
 def _match_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:

@@ -89,3 +89,15 @@ def test_a_tokenizer_other_than_the_models_own_is_refused_unless_asked_for(tmp_p
     SFTModule(model_name_or_path=str(pretrained_dir), tokenizer_name_or_path=str(other),
               allow_other_tokenizer=True).configure_model()  # fmt: skip
     SFTModule(model_name_or_path=str(pretrained_dir), tokenizer_name_or_path=str(pretrained_dir)).configure_model()
+
+
+def test_a_scratch_models_shape_left_beside_a_pretrained_model_is_named(pretrained_dir):
+    # configs/sft/tiny.yaml sizes its scratch model; with --model.model_name_or_path=DIR those sizes would not fit
+    module = SFTModule(model_name_or_path=str(pretrained_dir), model_config={"n_layer": 4, "n_embd": 128})
+    with pytest.raises(
+        ValueError, match=r"n_layer=4 \(the model has 2\), n_embd=128 \(the model has 64\).*model_config=null"
+    ):
+        module.configure_model()
+    SFTModule(
+        model_name_or_path=str(pretrained_dir), model_config={"resid_pdrop": 0.0}
+    ).configure_model()  # not a shape
