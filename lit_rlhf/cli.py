@@ -151,6 +151,8 @@ class LitRLHFCLI(StageCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: list[str] | None) -> None:
         super().parse_arguments(parser, args)
+        if self.config.get("subcommand") in self.MODEL_FREE_SUBCOMMANDS:
+            return  # `pipeline` has a world: section of its own (build_world's options); `evaluate` none
         self.world = world_in_use(self.subcommand_config())
         if self.world is None or not self.world.defaults:
             return
@@ -166,6 +168,8 @@ class LitRLHFCLI(StageCLI):
 
     def before_instantiate_classes(self) -> None:
         super().before_instantiate_classes()
+        if self.subcommand in self.MODEL_FREE_SUBCOMMANDS:
+            return
         config = self.subcommand_config()
         if "world" in config:
             config["world"] = None  # consumed here; the saved config names the world's files themselves

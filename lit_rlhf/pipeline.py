@@ -1,17 +1,21 @@
-"""``lit-rlhf pipeline``: the whole InstructGPT recipe on the instruction world, one stage after another.
+"""``lit-rlhf pipeline``: the whole InstructGPT recipe, one stage after another, on the instruction world or on your
+model and files.
 
-    world -> pretrain -> sft -> comparisons -> rm -> ppo, ppo_ptx -> base_prompted -> evaluate
+    world:  world -> pretrain -> sft -> comparisons -> rm -> ppo, ppo_ptx -> base_prompted -> evaluate
+    data:   data -> [pretrain] -> sft -> rm, gold_rm -> ppo[, ppo_ptx] -> evaluate
 
 Every training stage runs the stage's own YAML (``configs/<stage>/<size>.yaml``, the file ``lit-rlhf fit -c`` takes)
 with the same LightningModule and DataModule, in this process. The pipeline only merges the pipeline config's
-``overrides`` into it and wires the paths (the world's files, the previous stage's export, ``default_root_dir``,
-loggers); the merged file is written to ``runs/<name>/configs/<stage>.yaml``, so ``lit-rlhf fit -c`` on it reruns a
-stage alone. Outputs go to ``runs/<name>/<stage>/`` (Hugging Face exports in ``<stage>/hf``, CSV metrics in
-``<stage>/metrics.csv``, the evaluation in ``evaluate/results.json``).
+``overrides`` into it and wires the paths: every file a stage reads is named explicitly (the world's files, or those
+the data step wrote from yours), the previous stage's export, ``default_root_dir`` and loggers; a stage config's
+``world:`` section (the CLI's default data) plays no part. The merged file is written to
+``runs/<name>/configs/<stage>.yaml``, so ``lit-rlhf fit -c`` on it reruns a stage alone. Outputs go to
+``runs/<name>/<stage>/`` (Hugging Face exports in ``<stage>/hf``, CSV metrics in ``<stage>/metrics.csv``, the
+evaluation in ``evaluate/results.json``).
 
 A stage whose complete output exists is skipped (an export's ``lit_rlhf.json`` is written last; the comparisons'
-``stats.json`` and the evaluation's ``results.json`` likewise), unless a stage it reads from was run again in this
-invocation. So a rerun after an interruption continues with the interrupted stage.
+``stats.json``, the data step's ``split.json`` and the evaluation's ``results.json`` likewise), unless a stage it
+reads from was run again in this invocation. So a rerun after an interruption continues with the interrupted stage.
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ from typing import Any
 import yaml
 
 from lit_rlhf.models import MARKER_FILE, atomic_directory, read_export_metadata
+from lit_rlhf.pipeline_data import DataFiles, PipelineData, eval_prompt_files, prepare_data
 
 STAGES = ("world", "pretrain", "sft", "comparisons", "rm", "ppo", "ppo_ptx", "base_prompted", "evaluate")
-"""Every stage, in the order the pipeline runs them."""
+"""Every stage of the world pipeline, in the order they run."""
 
 INPUTS: dict[str, tuple[str, ...]] = {
     "world": (),
@@ -45,10 +50,22 @@ INPUTS: dict[str, tuple[str, ...]] = {
     "base_prompted": ("world", "pretrain"),
     "evaluate": ("world", "pretrain", "base_prompted", "sft", "rm", "ppo", "ppo_ptx"),
 }
-"""The stages whose outputs each stage reads: when one of them runs again, so does the stage."""
+"""The stages whose outputs each world stage reads: when one of them runs again, so does the stage."""
+
+OWN_DATA_INPUTS: dict[str, tuple[str, ...]] = {
+    "data": (),
+    "pretrain": ("data",),  # only without --model_name_or_path: a tokenizer and a base LM on your text
+    "sft": ("data", "pretrain"),
+    "rm": ("data", "sft"),
+    "gold_rm": ("data", "sft"),  # only without --judge_model_path
+    "ppo": ("data", "sft", "rm"),
+    "ppo_ptx": ("data", "sft", "rm"),  # only with --data.pretraining_files
+    "evaluate": ("data", "sft", "rm", "gold_rm", "ppo", "ppo_ptx"),
+}
+"""The stages of the own-data pipeline, in order, and the stages each reads."""
 
 STAGE_CONFIG_WORLD = "runs/world"
-"""Where the stage configs expect the world; the pipeline points every such path at its own world."""
+"""Where the stage configs expect the world; the world pipeline points every such path at its own world."""
 
 PANEL_JUDGE = "lit_rlhf.world.labelers:panel_judge"
 WORLD_METRICS = "lit_rlhf.world.labelers:RESPONSE_METRICS"
@@ -98,6 +115,39 @@ def replace_path_prefix(node: Any, old: str, new: str) -> Any:
     return node
 
 
+def paths_under(node: Any, prefix: str, at: str = "") -> list[str]:
+    """The keys (dotted, ``[i]`` for list items) of the strings in ``node`` equal to ``prefix`` or under it."""
+    if isinstance(node, dict):
+        return [k for key, v in node.items() for k in paths_under(v, prefix, f"{at}.{key}" if at else str(key))]
+    if isinstance(node, list):
+        return [k for i, v in enumerate(node) for k in paths_under(v, prefix, f"{at}[{i}]")]
+    if isinstance(node, str) and (node == prefix or node.startswith(prefix + "/")):
+        return [f"{at}: {node}"]
+    return []
+
+
+def without_world(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without the instruction world as its default data source: no top-level ``world:`` section (which
+    the CLI applies when no files are given) and no ``data.init_args.world_dir`` (configs from before that section).
+    The pipeline names every file a stage reads itself."""
+    config = {k: copy.deepcopy(v) for k, v in config.items() if k != "world"}
+    init_args = (config.get("data") or {}).get("init_args")
+    if isinstance(init_args, dict):
+        init_args.pop("world_dir", None)
+    return config
+
+
+def world_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """The values a stage config's ``world.defaults`` gives (callbacks on the world's held-out tasks, its tokenizer),
+    in the config's own layout, with the classes the config chose; empty for a config without them."""
+    defaults = copy.deepcopy(((config.get("world") or {}).get("defaults")) or {})
+    for key in ("model", "data"):
+        section, chosen = defaults.get(key), config.get(key) or {}
+        if isinstance(section, dict) and "class_path" in chosen and not {"class_path", "init_args"} & section.keys():
+            defaults[key] = {"init_args": section}
+    return defaults
+
+
 def few_shot_chat_template(examples: list[dict[str, str]]) -> str:
     """A chat template that puts ``examples`` (``{"prompt", "completion"}``) before the conversation, in the plain
     HH format of ``lit_rlhf.data.collate`` (the prompted-base baseline of InstructGPT's Figure 1)."""
@@ -116,17 +166,18 @@ def few_shot_chat_template(examples: list[dict[str, str]]) -> str:
 
 
 class Pipeline:
-    """The stages of one pipeline run and where each writes; see :func:`pipeline_command` for the options."""
+    """The stages of one pipeline run, where each writes, and the loop that runs them in order.
+
+    Subclasses name their stages and what each reads (:attr:`inputs`, in running order) and give a ``run_<stage>``
+    method per stage; see :func:`pipeline_command` for the options.
+    """
 
     def __init__(
         self,
         name: str,
         runs_dir: str,
         seed: int,
-        world: dict[str, Any],
         stages: dict[str, StageSpec],
-        comparisons: dict[str, Any],
-        few_shot: int,
         wandb: bool,
         device: str = "cpu",
         progress_bar: bool = True,
@@ -134,15 +185,17 @@ class Pipeline:
         self.name = name
         self.root = Path(runs_dir) / name
         self.seed = seed
-        self.world_options = world
         self.stages = stages
-        self.comparison_options = comparisons
-        self.few_shot = few_shot
         self.wandb = wandb
         self.device = device
         self.progress_bar = progress_bar
         self.ran: set[str] = set()
         self.timings: dict[str, dict[str, Any]] = {}
+
+    @property
+    def inputs(self) -> dict[str, tuple[str, ...]]:
+        """Stage -> the stages whose outputs it reads, every stage of this run in running order."""
+        raise NotImplementedError
 
     # -- paths ---------------------------------------------------------------------------------------------------
 
@@ -153,28 +206,16 @@ class Pipeline:
         """The Hugging Face directory a training stage writes."""
         return self.dir(stage) / "hf"
 
-    @property
-    def world(self):
-        from lit_rlhf.world import WorldFiles
-
-        return WorldFiles.at(self.dir("world"))
-
     def is_complete(self, stage: str) -> bool:
         """Whether ``stage``'s complete output exists (its marker, written last, is there)."""
-        if stage == "world":
-            manifest = self.world.manifest
-            return self.world.is_complete() and self._world_params_match(manifest)
-        if stage == "comparisons":
-            return (self.dir(stage) / "stats.json").is_file()
-        if stage == "base_prompted":
-            return (self.dir(stage) / MARKER_FILE).is_file()
         if stage == "evaluate":
             return (self.dir(stage) / "results.json").is_file()
         return read_export_metadata(self.export(stage)) is not None
 
-    def _world_params_match(self, manifest: Path) -> bool:
-        params = json.loads(manifest.read_text()).get("params", {})
-        return all(params.get(k) == v for k, v in {"seed": self.seed, **self.world_options}.items())
+    def output_of(self, stage: str) -> Path:
+        if stage == "evaluate":
+            return self.dir(stage) / "results.json"
+        return self.export(stage)
 
     # -- running ---------------------------------------------------------------------------------------------------
 
@@ -184,15 +225,16 @@ class Pipeline:
 
         console = console or Console()
         self.root.mkdir(parents=True, exist_ok=True)
-        order = STAGES[: STAGES.index(until) + 1] if until else STAGES
+        stages = tuple(self.inputs)
+        order = stages[: stages.index(until) + 1] if until else stages
         self.timings = self._read_timings()
         start = time.perf_counter()
         console.rule(f"[bold]lit-rlhf pipeline {self.name}[/bold]: {len(order)} stages into {self.root}")
         for i, stage in enumerate(order, start=1):
             label = f"[{i}/{len(order)}] {stage}"
-            stale = [s for s in INPUTS[stage] if s in self.ran]
+            stale = [s for s in self.inputs[stage] if s in self.ran]
             if self.is_complete(stage) and not stale:
-                console.print(f"[dim]{label}: skipped, its output is complete ({self._output_of(stage)})[/dim]")
+                console.print(f"[dim]{label}: skipped, its output is complete ({self.output_of(stage)})[/dim]")
                 self.timings.setdefault(stage, {})["status"] = "skipped"
                 continue
             why = f"inputs {stale} were redone" if stale and self.is_complete(stage) else "no complete output yet"
@@ -208,18 +250,11 @@ class Pipeline:
             self._write_timings()
             console.print(
                 f"[green]{label}: done in {seconds:.1f} s[/green] "
-                f"(pipeline {time.perf_counter() - start:.0f} s so far) -> {self._output_of(stage)}"
+                f"(pipeline {time.perf_counter() - start:.0f} s so far) -> {self.output_of(stage)}"
             )
         self._write_timings()
         self._print_summary(console, order, time.perf_counter() - start)
         return self.timings
-
-    def _output_of(self, stage: str) -> Path:
-        if stage in ("world", "comparisons", "base_prompted"):
-            return self.dir(stage)
-        if stage == "evaluate":
-            return self.dir(stage) / "results.json"
-        return self.export(stage)
 
     def _read_timings(self) -> dict[str, dict[str, Any]]:
         path = self.root / "pipeline.json"
@@ -238,7 +273,7 @@ class Pipeline:
         for stage in order:
             t = self.timings.get(stage, {})
             cells = [t.get("status", "-"), str(t.get("seconds", "-")), str(t.get("cpu_seconds", "-"))]
-            table.add_row(stage, *cells, str(self._output_of(stage)))
+            table.add_row(stage, *cells, str(self.output_of(stage)))
         console.print(table)
         results = self.dir("evaluate") / "table.txt"
         if "evaluate" in order and results.is_file() and "evaluate" not in self.ran:
@@ -252,13 +287,7 @@ class Pipeline:
             wandb.finish()
         gc.collect()
 
-    # -- stages ------------------------------------------------------------------------------------------------------
-
-    def run_world(self, console: Any) -> None:
-        from lit_rlhf.world import build_world
-
-        files = build_world(self.dir("world"), seed=self.seed, **self.world_options)
-        console.print(f"world built: {files.root}")
+    # -- a stage's config, run in this process -------------------------------------------------------------------------
 
     def _loggers(self, stage: str, csv: bool = True) -> list[dict[str, Any]] | bool:
         loggers: list[dict[str, Any]] = []
@@ -270,16 +299,29 @@ class Pipeline:
             loggers.append({"class_path": "lit_rlhf.loggers.WandbLogger", "init_args": wandb_args})
         return loggers or False
 
-    def stage_config(self, stage: str, wiring: dict[str, Any], replace: dict[str, Any] | None = None) -> Path:
-        """Merge the stage's YAML, the pipeline's overrides and ``wiring`` (``replace``: top-level keys set whole);
-        write it; return its path."""
+    def merged_config(
+        self, stage: str, wiring: dict[str, Any], replace: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The stage's YAML (:meth:`stage_defaults`), the pipeline's overrides and ``wiring`` (``replace``: top-level
+        keys set whole), its paths checked (:meth:`check_paths`)."""
         spec = self.stages[stage]
-        config = yaml.safe_load(Path(spec.config).read_text()) or {}
-        config = deep_merge(config, spec.overrides)
-        config = {**deep_merge(config, wiring), **(replace or {})}
-        config = replace_path_prefix(config, STAGE_CONFIG_WORLD, str(self.dir("world")))
+        config = deep_merge(self.stage_defaults(yaml.safe_load(Path(spec.config).read_text()) or {}), spec.overrides)
+        return self.check_paths(stage, {**deep_merge(config, wiring), **(replace or {})})
+
+    def stage_defaults(self, config: dict[str, Any]) -> dict[str, Any]:
+        """A stage's YAML as the pipeline starts from it: without the world section (the pipeline names every file)."""
+        return without_world(config)
+
+    def check_paths(self, stage: str, config: dict[str, Any]) -> dict[str, Any]:
+        """The merged config with its paths made right for this run (or an error naming those that cannot be)."""
+        return config
+
+    def stage_config(self, stage: str, wiring: dict[str, Any], replace: dict[str, Any] | None = None) -> Path:
+        """Write the stage's merged config (:meth:`merged_config`) for this run; return its path."""
+        config = self.merged_config(stage, wiring, replace)
         path = self.root / "configs" / f"{stage}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
+        spec = self.stages[stage]
         header = f"# {stage} stage of pipeline {self.name}: {spec.config} + overrides + paths; rerun alone with\n"
         header += f"#   lit-rlhf {'evaluate' if stage == 'evaluate' else 'fit'} -c {path}\n"
         path.write_text(header + yaml.safe_dump(config, sort_keys=False))
@@ -287,7 +329,7 @@ class Pipeline:
 
     def fit(self, stage: str, model: dict[str, Any], data: dict[str, Any]) -> None:
         """Run ``lit-rlhf fit`` on the stage's merged config, in this process."""
-        from lit_rlhf.cli import build_cli
+        from lit_rlhf.stage_cli import build_stage_cli
 
         wiring = {
             "seed_everything": self.seed,
@@ -297,16 +339,95 @@ class Pipeline:
                 "enable_progress_bar": self.progress_bar,
             },
             "model": {"init_args": {"export_dir": str(self.export(stage)), **model}},
-            # Explicit files and no world_dir: a DataModule would otherwise build its own world.
-            "data": {"init_args": {"world_dir": None, **data}},
+            "data": {"init_args": data},
         }
         config = self.stage_config(stage, wiring)
         with warnings.catch_warnings():  # "args and sys.argv both given": the pipeline's own argv, on purpose
             warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
-            cli = build_cli(["-c", str(config)], run=False)
+            cli = build_stage_cli(["-c", str(config)], run=False)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         if cli.trainer.interrupted or read_export_metadata(self.export(stage)) is None:
             raise RuntimeError(f"stage {stage} stopped before writing {self.export(stage)}; rerun to continue")
+
+    def evaluate(self, wiring: dict[str, Any], policies: dict[str, Path]) -> None:
+        """Run ``lit-rlhf evaluate`` on the evaluate stage's merged config with ``policies``, in this process."""
+        from lit_rlhf.stage_cli import build_stage_cli
+
+        wiring = {
+            "seed_everything": self.seed,
+            "baseline": "sft",
+            "output_dir": str(self.dir("evaluate")),
+            "trainer": {"logger": self._loggers("evaluate", csv=False)},
+            **wiring,
+        }
+        config = self.stage_config("evaluate", wiring, replace={"policies": {k: str(v) for k, v in policies.items()}})
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
+            build_stage_cli(["evaluate", "-c", str(config)])
+
+
+class WorldPipeline(Pipeline):
+    """InstructGPT's recipe on the instruction world: the world's files, simulated labelers and judging panel."""
+
+    def __init__(
+        self,
+        name: str,
+        runs_dir: str,
+        seed: int,
+        world: dict[str, Any],
+        stages: dict[str, StageSpec],
+        comparisons: dict[str, Any],
+        few_shot: int,
+        wandb: bool,
+        device: str = "cpu",
+        progress_bar: bool = True,
+    ) -> None:
+        super().__init__(name, runs_dir, seed, stages, wandb, device, progress_bar)
+        self.world_options = world
+        self.comparison_options = comparisons
+        self.few_shot = few_shot
+
+    @property
+    def inputs(self) -> dict[str, tuple[str, ...]]:
+        return INPUTS
+
+    @property
+    def world(self):
+        from lit_rlhf.world import WorldFiles
+
+        return WorldFiles.at(self.dir("world"))
+
+    def is_complete(self, stage: str) -> bool:
+        if stage == "world":
+            return self.world.is_complete() and self._world_params_match(self.world.manifest)
+        if stage == "comparisons":
+            return (self.dir(stage) / "stats.json").is_file()
+        if stage == "base_prompted":
+            return (self.dir(stage) / MARKER_FILE).is_file()
+        return super().is_complete(stage)
+
+    def output_of(self, stage: str) -> Path:
+        return self.dir(stage) if stage in ("world", "comparisons", "base_prompted") else super().output_of(stage)
+
+    def _world_params_match(self, manifest: Path) -> bool:
+        params = json.loads(manifest.read_text()).get("params", {})
+        return all(params.get(k) == v for k, v in {"seed": self.seed, **self.world_options}.items())
+
+    def stage_defaults(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Over the world's defaults in the stage config (e.g. a callback on the world's held-out tasks)."""
+        return deep_merge(world_defaults(config), without_world(config))
+
+    def check_paths(self, stage: str, config: dict[str, Any]) -> dict[str, Any]:
+        """Every path into the stage configs' world pointed at this run's world."""
+        return replace_path_prefix(config, STAGE_CONFIG_WORLD, str(self.dir("world")))
+
+    # -- stages ------------------------------------------------------------------------------------------------------
+
+    def run_world(self, console: Any) -> None:
+        from lit_rlhf.world import build_world
+
+        files = build_world(self.dir("world"), seed=self.seed, **self.world_options)
+        console.print(f"world built: {files.root}")
 
     def run_pretrain(self, console: Any) -> None:
         w = self.world
@@ -378,27 +499,18 @@ class Pipeline:
         console.print(f"prompted base: {len(shots)} demonstrations before every prompt")
 
     def run_evaluate(self, console: Any) -> None:
-        from lit_rlhf.cli import build_cli
-
         policies = {"base": self.export("pretrain"), "base_prompted": self.dir("base_prompted")}
         policies |= {s: self.export(s) for s in ("sft", "ppo", "ppo_ptx")}
         fewshot = self.fewshot_probes()
         wiring = {
-            "seed_everything": self.seed,
-            "baseline": "sft",
             "prompts_file": str(self.world.heldout),
             "judge": PANEL_JUDGE,
             "rm_dir": str(self.export("rm")),
             "pretraining_file": str(self.world.corpus_val),
             "fewshot_file": str(fewshot) if fewshot else None,
             "response_metrics": WORLD_METRICS,
-            "output_dir": str(self.dir("evaluate")),
-            "trainer": {"logger": self._loggers("evaluate", csv=False)},
         }
-        config = self.stage_config("evaluate", wiring, replace={"policies": {k: str(v) for k, v in policies.items()}})
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
-            build_cli(["evaluate", "-c", str(config)])
+        self.evaluate(wiring, policies)
 
     def fewshot_probes(self) -> Path | None:
         """``<world>/eval/fewshot.jsonl``, the few-shot probes of the world's corpus skills (written when absent); None
@@ -413,6 +525,212 @@ class Pipeline:
         return write_fewshot_probes(path, seed=self.seed, kinds=kinds) if kinds else None
 
 
+class OwnDataPipeline(Pipeline):
+    """InstructGPT's recipe on your model (or a small one trained from scratch) and your files.
+
+    The data step splits your files into the stages' files (:mod:`lit_rlhf.pipeline_data`): the preferences in two
+    halves by prompt, one for the RM, the other for a gold RM that trains no policy and judges the evaluation
+    (unless ``judge_model_path`` names a judge); the evaluation's prompts off the PPO prompts.
+
+    Args:
+        data: Your files.
+        model_name_or_path: The causal LM SFT starts from; None trains a tokenizer and a base LM on your text first
+            (the ``pretrain`` stage).
+        judge_model_path: A reward-model directory that judges the evaluation instead of the gold RM.
+        vocab_size: The vocabulary of the tokenizer trained without ``model_name_or_path``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        runs_dir: str,
+        seed: int,
+        data: PipelineData,
+        stages: dict[str, StageSpec],
+        model_name_or_path: str | None,
+        judge_model_path: str | None,
+        vocab_size: int,
+        wandb: bool,
+        device: str = "cpu",
+        progress_bar: bool = True,
+    ) -> None:
+        super().__init__(name, runs_dir, seed, stages, wandb, device, progress_bar)
+        self.data = data
+        self.model_name_or_path = model_name_or_path
+        self.judge_model_path = judge_model_path
+        self.vocab_size = vocab_size
+
+    @property
+    def inputs(self) -> dict[str, tuple[str, ...]]:
+        absent = {
+            "pretrain": self.model_name_or_path is not None,
+            "gold_rm": self.judge_model_path is not None,
+            "ppo_ptx": not self.data.pretraining_files,
+        }
+        kept = [s for s in OWN_DATA_INPUTS if not absent.get(s)]
+        return {s: tuple(i for i in OWN_DATA_INPUTS[s] if i in kept) for s in kept}
+
+    @property
+    def files(self) -> DataFiles:
+        return DataFiles.at(self.dir("data"))
+
+    @property
+    def base(self) -> str:
+        """The model SFT starts from: yours, or the base LM the pretrain stage trained."""
+        return self.model_name_or_path or str(self.export("pretrain"))
+
+    @property
+    def judge(self) -> Path:
+        return Path(self.judge_model_path) if self.judge_model_path else self.export("gold_rm")
+
+    def is_complete(self, stage: str) -> bool:
+        if stage == "data":  # and written with these options: else the stages would read another split
+            report = self.files.report()
+            if report is None:
+                return False
+            halves = "gold_rm" in report["preferences"]
+            same = report["options"] == self.data.record() and report["seed"] == self.seed
+            return same and halves == (self.judge_model_path is None)
+        return super().is_complete(stage)
+
+    def output_of(self, stage: str) -> Path:
+        return self.dir(stage) if stage == "data" else super().output_of(stage)
+
+    def check_paths(self, stage: str, config: dict[str, Any]) -> dict[str, Any]:
+        """A path into the world left in a stage config (a callback on its held-out tasks) stops the run, naming the
+        key to override: your data have no world."""
+        leftovers = paths_under(config, STAGE_CONFIG_WORLD)
+        if leftovers:
+            spec = self.stages[stage]
+            raise ValueError(
+                f"stage {stage} ({spec.config}) still reads the instruction world, which your data replace:\n  "
+                + "\n  ".join(leftovers)
+                + f"\noverride these keys in the pipeline config's '{stage}: {{overrides: ...}}'"
+            )
+        return config
+
+    # -- stages ------------------------------------------------------------------------------------------------------
+
+    def run_data(self, console: Any) -> None:
+        report = prepare_data(self.data, self.dir("data"), self.seed, gold_rm=self.judge_model_path is None)
+        p, q = report["preferences"], report["prompts"]
+        halves = f"RM {p['rm']['records']}" + (f", gold RM {p['gold_rm']['records']}" if "gold_rm" in p else "")
+        console.print(f"preferences: {p['records']} records ({p['skipped']} skipped) -> {halves} (disjoint prompts)")
+        evaluation = q["eval"].get("records", "given")
+        console.print(f"prompts: {len(q['files'])} file(s) -> PPO {q['ppo']['records']}, evaluation {evaluation}")
+
+    def run_pretrain(self, console: Any) -> None:
+        """A tokenizer, then a base LM trained from scratch on your text (the world pipeline's pretrain stage)."""
+        from lit_rlhf.data.prompts import parse_text_record
+        from lit_rlhf.data.records import load_records
+        from lit_rlhf.models import train_tokenizer
+
+        texts, _ = load_records(str(self.files.corpus), parse_text_record)
+        tokenizer_dir = self.dir("pretrain") / "tokenizer"
+        train_tokenizer(texts, vocab_size=self.vocab_size).save_pretrained(tokenizer_dir)
+        console.print(f"tokenizer: {self.vocab_size} tokens, trained on {len(texts)} texts -> {tokenizer_dir}")
+        data = {"train_files": str(self.files.corpus), "val_files": None, "on_bad_record": self.data.on_bad_record}
+        self.fit("pretrain", model={"tokenizer_name_or_path": str(tokenizer_dir)}, data=data)
+
+    def _data(self, train_files: Any, **more: Any) -> dict[str, Any]:
+        return {"train_files": train_files, "val_files": None, "on_bad_record": self.data.on_bad_record, **more}
+
+    def run_sft(self, console: Any) -> None:
+        model = {"model_name_or_path": self.base, "tokenizer_name_or_path": self.base, "model_config": None}
+        self.fit("sft", model=model, data=self._data(self.data.sft_files))
+
+    def _rm(self, stage: str, preferences: Path) -> None:
+        sft = str(self.export("sft"))
+        model = {
+            "model_name_or_path": sft,  # InstructGPT initialises the RM from the SFT model
+            "tokenizer_name_or_path": sft,
+            "model_config": None,
+            "reference_files": self.data.sft_files,  # InstructGPT §3.5: demonstrations score mean 0
+        }
+        self.fit(stage, model=model, data=self._data(str(preferences)))
+
+    def run_rm(self, console: Any) -> None:
+        self._rm("rm", self.files.rm_preferences)
+
+    def run_gold_rm(self, console: Any) -> None:
+        # Trained as the RM is, from the same SFT model: the two differ only in the half of the prompts they saw,
+        # so the gap between their verdicts on a policy measures how far PPO exploited the RM's own half.
+        self._rm("gold_rm", self.files.gold_rm_preferences)
+
+    def _ppo(self, stage: str) -> None:
+        model = {
+            "model_name_or_path": str(self.export("sft")),
+            "tokenizer_name_or_path": None,
+            "reward_model_path": str(self.export("rm")),
+        }
+        pretraining = str(self.files.pretraining_train) if self.data.pretraining_files else None
+        self.fit(stage, model=model, data=self._data(str(self.files.ppo_prompts), pretraining_files=pretraining))
+
+    def run_ppo(self, console: Any) -> None:
+        self._ppo("ppo")
+
+    def run_ppo_ptx(self, console: Any) -> None:
+        self._ppo("ppo_ptx")
+
+    def run_evaluate(self, console: Any) -> None:
+        policies = {s: self.export(s) for s in ("sft", "ppo", "ppo_ptx") if s in self.inputs}
+        val = self.files.pretraining_val
+        wiring = {
+            "prompts_file": eval_prompt_files(self.data, self.files),
+            "judge": f"rm:{self.judge}",
+            "judge_info": self.judge_info(),
+            "rm_dir": str(self.export("rm")),
+            "pretraining_file": str(val) if val.is_file() else None,
+        }
+        self.evaluate(wiring, policies)
+
+    def judge_info(self) -> dict[str, Any]:
+        """Who judges the evaluation and how it was made (written into results.json)."""
+        if self.judge_model_path is not None:
+            return {"path": str(self.judge), "made": "given with --judge_model_path; this pipeline did not train it"}
+        gold = (self.files.report() or {})["preferences"]["gold_rm"]
+        return {
+            "path": str(self.judge),
+            "made": "the gold RM, trained by this pipeline from the SFT model on the half of the preference prompts "
+            "the RM never saw; it trained no policy",
+            "init": str(self.export("sft")),
+            "config": str(self.root / "configs" / "gold_rm.yaml"),
+            "train_file": gold["file"],
+            "records": gold["records"],
+            "prompts": gold["prompts"],
+        }
+
+
+def _problems(
+    world: dict[str, Any] | None,
+    data: PipelineData | None,
+    specs: dict[str, StageSpec | None],
+    needed: tuple[str, ...],
+    stages: tuple[str, ...],
+    until: str | None,
+    own: dict[str, Any],
+) -> list[str]:
+    """Every problem with the pipeline's options, each naming its flag."""
+    problems = []
+    if world and data is not None:
+        problems.append("give either world: (the instruction world) or data: (your files), not both")
+    if data is None:
+        given = [k for k, v in own.items() if v is not None]
+        problems += [f"--{k} is for your own data (data:); the world pipeline trains its own" for k in given]
+    else:
+        problems += data.problems()
+        judge = own.get("judge_model_path")
+        if judge is not None and not (Path(judge) / "config.json").is_file():
+            problems.append(f"--judge_model_path {judge}: no config.json there (not a reward-model directory)")
+    problems += [f"--{k} needs a config (e.g. {{config: configs/{k}/tiny.yaml}})" for k in needed if specs[k] is None]
+    problems += [
+        f"--{k}.config {v.config}: no such file" for k, v in specs.items() if v and not Path(v.config).is_file()
+    ]
+    if until is not None and until not in stages:
+        problems.append(f"--until {until!r} is not a stage of this pipeline; use one of {list(stages)}")
+    return problems
+
+
 def pipeline_command(
     self: Any,
     model: Any = None,
@@ -422,10 +740,15 @@ def pipeline_command(
     runs_dir: str = "runs",
     seed: int = 0,
     world: dict[str, Any] | None = None,
+    data: PipelineData | None = None,
+    model_name_or_path: str | None = None,
+    judge_model_path: str | None = None,
+    vocab_size: int = 4096,
     pretrain: StageSpec | None = None,
     sft: StageSpec | None = None,
     comparisons: dict[str, Any] | None = None,
     rm: StageSpec | None = None,
+    gold_rm: StageSpec | None = None,
     ppo: StageSpec | None = None,
     ppo_ptx: StageSpec | None = None,
     evaluate: StageSpec | None = None,
@@ -433,44 +756,57 @@ def pipeline_command(
     wandb: bool = True,
     until: str | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Run the whole InstructGPT recipe on the instruction world, stage by stage, resuming where it stopped.
+    """Run the whole InstructGPT recipe, stage by stage, resuming where it stopped: on the instruction world, or on
+    your model and files (--data.*).
 
-    world -> pretrain -> sft -> comparisons -> rm -> ppo, ppo_ptx -> base_prompted -> evaluate. Each stage runs its own YAML with the same modules as 'lit-rlhf fit'; outputs go to <runs_dir>/<name>/<stage>/
-    and a stage whose complete output exists is skipped, so a rerun continues where the last one stopped. The
-    evaluation (win rates against SFT, judged by the world's held-out panel) lands in
+    World: world -> pretrain -> sft -> comparisons -> rm -> ppo, ppo_ptx -> base_prompted -> evaluate, judged by
+    the world's held-out labeler panel. Your data: data -> pretrain (without --model_name_or_path) -> sft -> rm,
+    gold_rm -> ppo, ppo_ptx (with --data.pretraining_files) -> evaluate, judged by a gold RM trained on the half of
+    the preferences the RM never saw (or --judge_model_path). Each stage runs its own YAML with the same modules as
+    'lit-rlhf fit'; outputs go to <runs_dir>/<name>/<stage>/ and a stage whose complete output exists is skipped, so
+    a rerun continues where the last one stopped. The evaluation (win rates against SFT) lands in
     <runs_dir>/<name>/evaluate/results.json. --trainer.enable_progress_bar=false turns the progress bars of every
-    stage off (logs, notebooks); other --trainer options are not passed on. Needs no --model or --data.
+    stage off (logs, notebooks); other --trainer options are not passed on. Needs no --model.
 
     Args:
         model: Unused (LightningCLI passes it to every subcommand).
         datamodule: Unused.
         name: The run's name: its directory under --runs_dir and its W&B group.
         runs_dir: Where pipeline runs go.
-        seed: Seeds the world, every stage (seed_everything) and the comparison sampling.
+        seed: Seeds the world or the data splits, every stage (seed_everything) and the comparison sampling.
         world: Options of lit_rlhf.world.build_world (n_train, n_corpus, vocab_size, ...); defaults otherwise.
+        data: Your files, in place of the world (see lit_rlhf.pipeline_data.PipelineData).
+        model_name_or_path: With --data: the Hugging Face causal LM directory (or hub id) SFT starts from; null
+            trains a tokenizer and a small base LM (--pretrain) on your text first.
+        judge_model_path: With --data: a reward-model directory that judges the evaluation, in place of the gold
+            RM; then every preference record trains the RM.
+        vocab_size: With --data and no --model_name_or_path: the vocabulary of the tokenizer trained on your text.
         pretrain: The base LM stage: {config: configs/pretrain/tiny.yaml, overrides: {...}}.
-        sft: The SFT stage (starts from the pretrained base).
+        sft: The SFT stage (starts from the pretrained base or --model_name_or_path).
         comparisons: Options of lit_rlhf.world.comparisons.collect_comparisons (k_min, k_max, max_prompts,
             max_new_tokens, batch_size, ...): K responses per prompt sampled from the SFT policy, ranked by the
             world's labelers.
-        rm: The reward-model stage (starts from SFT; trained on the comparisons).
+        rm: The reward-model stage (starts from SFT; trained on the comparisons, or on one half of your preferences).
+        gold_rm: With --data: the gold RM, trained on the other half of your preferences; null: as --rm.
         ppo: The PPO stage (policy and reference from SFT, reward and value from the RM).
-        ppo_ptx: The PPO-ptx stage (PPO plus the pretraining loss on the world's corpus).
+        ppo_ptx: The PPO-ptx stage (PPO plus the pretraining loss on the world's corpus or your pretraining files).
         evaluate: The evaluation: {config: configs/evaluate/tiny.yaml, overrides: {...}}; the pipeline sets the
-            policies (base, base_prompted, sft, ppo, ppo_ptx), the prompts, the judge and the output directory.
-        few_shot: Demonstrations put before every prompt of the prompted base (base_prompted).
+            policies, the prompts, the judge and the output directory.
+        few_shot: World: demonstrations put before every prompt of the prompted base (base_prompted).
         wandb: Log every stage to W&B as its own run, grouped by --name (offline without a key); CSV metrics are
             written to <stage>/metrics.csv either way.
-        until: Stop after this stage (one of world, pretrain, sft, comparisons, rm, ppo, ppo_ptx, base_prompted,
-            evaluate).
+        until: Stop after this stage (one of the stages above).
     """
+    own = {"model_name_or_path": model_name_or_path, "judge_model_path": judge_model_path, "gold_rm": gold_rm}
     specs = {"pretrain": pretrain, "sft": sft, "rm": rm, "ppo": ppo, "ppo_ptx": ppo_ptx, "evaluate": evaluate}
-    problems = [f"--{k} needs a config (e.g. {{config: configs/{k}/tiny.yaml}})" for k, v in specs.items() if v is None]
-    problems += [
-        f"--{k}.config {v.config}: no such file" for k, v in specs.items() if v and not Path(v.config).is_file()
-    ]
-    if until is not None and until not in STAGES:
-        problems.append(f"--until {until!r} is not a stage; use one of {list(STAGES)}")
+    if data is None:
+        needed, stages = tuple(specs), STAGES
+    else:
+        specs["gold_rm"] = gold_rm or rm  # by default trained exactly as the RM is
+        stages = tuple(OWN_DATA_INPUTS)
+        optional = {"pretrain": model_name_or_path is None, "ppo_ptx": bool(data.pretraining_files)}
+        needed = tuple(k for k in specs if k != "gold_rm" and optional.get(k, True))
+    problems = _problems(world, data, specs, needed, stages, until, own)
     if few_shot < 0:
         problems.append(f"--few_shot must be >= 0, got {few_shot}")
     if problems:
@@ -482,10 +818,27 @@ def pipeline_command(
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    pipeline = Pipeline(
-        name, runs_dir, seed, world or {}, specs, comparisons or {}, few_shot, wandb, device, progress_bar
-    )
+    if data is None:
+        pipeline: Pipeline = WorldPipeline(
+            name, runs_dir, seed, world or {}, specs, comparisons or {}, few_shot, wandb, device, progress_bar
+        )
+    else:
+        models = (model_name_or_path, judge_model_path, vocab_size)
+        pipeline = OwnDataPipeline(name, runs_dir, seed, data, specs, *models, wandb, device, progress_bar)
+    if until is not None and until not in pipeline.inputs:
+        raise ValueError(f"--until {until!r} is not run by this pipeline; use one of {list(pipeline.inputs)}")
     return pipeline.run(until=until)
 
 
-__all__ = ["INPUTS", "STAGES", "Pipeline", "StageSpec", "deep_merge", "few_shot_chat_template", "pipeline_command"]
+__all__ = [
+    "INPUTS",
+    "OWN_DATA_INPUTS",
+    "STAGES",
+    "OwnDataPipeline",
+    "Pipeline",
+    "StageSpec",
+    "WorldPipeline",
+    "deep_merge",
+    "few_shot_chat_template",
+    "pipeline_command",
+]

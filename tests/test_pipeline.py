@@ -9,12 +9,22 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lit_rlhf.cli import main
+from lit_rlhf.cli import build_cli, main
 from lit_rlhf.data.collate import IGNORE_INDEX, render_plain
 from lit_rlhf.data.modules import SFTDataModule
 from lit_rlhf.data.records import DataError
 from lit_rlhf.models import MARKER_FILE, read_export_metadata
-from lit_rlhf.pipeline import INPUTS, STAGES, Pipeline, deep_merge, few_shot_chat_template, replace_path_prefix
+from lit_rlhf.pipeline import (
+    INPUTS,
+    OWN_DATA_INPUTS,
+    STAGES,
+    WorldPipeline,
+    deep_merge,
+    few_shot_chat_template,
+    replace_path_prefix,
+    without_world,
+    world_defaults,
+)
 from tests.conftest import REPO, run_cli, write_jsonl
 
 RESULT_KEYS = {"n", "win_rate", "win_rate_ci95", "rm_win_rate", "invented_answer_rate", "toxic_rate", "lm_loss",
@@ -98,21 +108,47 @@ def test_few_shot_template_puts_demonstrations_before_the_plain_prompt(tokenizer
     assert render_prompt(tok, messages) == expected
 
 
-def test_stage_inputs_come_earlier():
-    for stage, inputs in INPUTS.items():
-        assert all(STAGES.index(i) < STAGES.index(stage) for i in inputs), stage
+@pytest.mark.parametrize("inputs", [INPUTS, OWN_DATA_INPUTS], ids=["world", "own_data"])
+def test_stage_inputs_come_earlier(inputs):
+    assert tuple(INPUTS) == STAGES
+    order = list(inputs)
+    for stage, reads in inputs.items():
+        assert all(order.index(i) < order.index(stage) for i in reads), stage
+
+
+def test_stage_configs_lose_the_world_and_keep_its_defaults_only_in_the_world_pipeline():
+    config = {
+        "world": {"dir": "runs/world", "defaults": {"model": {"tokenizer_name_or_path": "runs/world/tokenizer"},
+                                                    "trainer": {"callbacks": [{"files": "runs/world/eval/h.jsonl"}]}}},
+        "model": {"class_path": "m.M", "init_args": {"lr": 1.0}},
+        "data": {"class_path": "d.D", "init_args": {"world_dir": "runs/world", "batch_size": 2}},
+        "trainer": {"max_steps": 3},
+    }  # fmt: skip
+    plain = without_world(config)
+    assert "world" not in plain and plain["data"]["init_args"] == {"batch_size": 2}
+    assert config["data"]["init_args"]["world_dir"] == "runs/world"  # not mutated
+    merged = deep_merge(world_defaults(config), plain)
+    tokenizer = {"tokenizer_name_or_path": "runs/world/tokenizer"}
+    assert merged["model"] == {"class_path": "m.M", "init_args": {"lr": 1.0, **tokenizer}}
+    assert merged["trainer"] == {"callbacks": [{"files": "runs/world/eval/h.jsonl"}], "max_steps": 3}
+    assert world_defaults({"model": {}}) == {}
 
 
 def test_pipeline_help_lists_its_options():
     out = run_cli(["pipeline", "--help"])
-    for option in ("--name", "--runs_dir", "--world", "--pretrain", "--comparisons", "--ppo_ptx", "--until"):
+    options = ("--name", "--runs_dir", "--world", "--pretrain", "--comparisons", "--ppo_ptx", "--until", "--data",
+               "--model_name_or_path", "--judge_model_path", "--gold_rm")  # fmt: skip
+    for option in options:
         assert option in out
+    data_help = run_cli(["pipeline", "--data.help"])  # your files, one flag each
+    for option in ("--data.sft_files", "--data.preference_files", "--data.prompt_files", "--data.eval_prompts"):
+        assert option in data_help
 
 
 def test_missing_stage_config_is_named(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     with pytest.raises(ValueError, match=r"--sft.config nowhere.yaml: no such file"):
-        main(["pipeline", "-c", "configs/pipeline/smoke.yaml", "--runs_dir", str(tmp_path),
+        build_cli(["pipeline", "-c", "configs/pipeline/smoke.yaml", "--runs_dir", str(tmp_path),
               "--sft", '{"config": "nowhere.yaml"}'])  # fmt: skip
 
 
@@ -134,7 +170,7 @@ def test_smoke_pipeline_completes_and_resumes(tmp_path, monkeypatch):
         raise KeyboardInterrupt("simulated interruption in ppo_ptx")
 
     with monkeypatch.context() as m:
-        m.setattr(Pipeline, "run_ppo_ptx", boom)
+        m.setattr(WorldPipeline, "run_ppo_ptx", boom)
         with pytest.raises(KeyboardInterrupt):
             main(args)
     for stage in ("pretrain", "sft", "rm", "ppo"):
@@ -147,7 +183,8 @@ def test_smoke_pipeline_completes_and_resumes(tmp_path, monkeypatch):
     # The stages are wired: SFT starts from the pretrained base, the RM from SFT, PPO reads the RM.
     sft_cfg = yaml.safe_load((root / "configs" / "sft.yaml").read_text())
     assert sft_cfg["model"]["init_args"]["model_name_or_path"] == str(root / "pretrain" / "hf")
-    assert sft_cfg["data"]["init_args"]["world_dir"] is None
+    assert "world" not in sft_cfg and "world_dir" not in sft_cfg["data"]["init_args"]  # explicit files only
+    assert sft_cfg["data"]["init_args"]["train_files"] == str(root / "world" / "sft" / "train.jsonl")
     ppo_cfg = yaml.safe_load((root / "configs" / "ppo.yaml").read_text())
     assert ppo_cfg["model"]["init_args"]["reward_model_path"] == str(root / "rm" / "hf")
     assert (root / "pretrain" / "metrics.csv").is_file()

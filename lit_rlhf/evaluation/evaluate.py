@@ -2,7 +2,8 @@
 
 Outputs (written atomically into ``output_dir``):
 
-* ``results.json``: policy name -> figures (see :func:`evaluate`);
+* ``results.json``: policy name -> figures (see :func:`evaluate`), and with ``judge_info`` also ``"judge"`` -> who
+  judged and how it was made;
 * ``win_rates.png``: the Figure-1 style plot;
 * ``table.txt``: the terminal table;
 * ``samples.jsonl``: each prompt with every policy's response;
@@ -156,7 +157,8 @@ def evaluate(
 
     Returns:
         Policy name -> figures: ``n`` (judged prompts), ``win_rate`` and ``win_rate_ci95`` ([low, high], Wilson,
-        ties half) by ``judge``, ``rm_win_rate`` and ``rm_win_rate_ci95`` by ``rm_dir``, ``kl_to_<baseline>``,
+        ties half) and the counts behind them (``wins``, ``ties``, ``losses``) by ``judge``, the same with ``rm_``
+        in front by ``rm_dir``, ``kl_to_<baseline>``,
         ``lm_loss``, ``fewshot_accuracy``, ``response_tokens``, ``eos_rate``, and when asked ``truthfulqa_mc1``,
         ``gsm8k_accuracy`` and one rate per response metric. A figure that was not computed is None. The baseline's
         win rates are 0.5 by definition (it is not judged against itself). Empty on every process but rank 0.
@@ -333,6 +335,7 @@ def report(
         "policies": {k: str(v) for k, v in options.policies.items()},
         "baseline": options.baseline,
         "judge": judge_name(judge) if judge else None,
+        "judge_info": options.judge_info,
         "rm_dir": options.rm_dir,
         "prompts_file": options.prompts_file,
         "n_prompts": len(prompts),
@@ -343,7 +346,8 @@ def report(
     table_text = render_table(results, options.baseline, print_table)
     output_dir = Path(options.output_dir) if options.output_dir is not None else None
     if output_dir is not None:
-        write_outputs(output_dir, results, settings, table_text, prompts, responses)
+        judge_record = {"name": settings["judge"], **options.judge_info} if options.judge_info is not None else None
+        write_outputs(output_dir, results, settings, table_text, prompts, responses, judge_record)
     if logger is not None:
         log_results(logger, results, settings, output_dir / PLOT_FILE if output_dir is not None else None)
 
@@ -364,15 +368,17 @@ def _judged(
     responses: Mapping[str, list[str]],
     options: EvaluateOptions,
 ) -> dict[str, Any]:
+    unjudged = {f"{prefix}{count}": None for count in ("wins", "ties", "losses")}
     if judge is None:
-        return {f"{prefix}win_rate": None, f"{prefix}win_rate_ci95": None}
-    if name == options.baseline:  # against itself: a tie by definition
-        return {f"{prefix}win_rate": 0.5, f"{prefix}win_rate_ci95": [0.5, 0.5]}
+        return {f"{prefix}win_rate": None, f"{prefix}win_rate_ci95": None, **unjudged}
+    if name == options.baseline:  # against itself: a tie by definition, and not judged
+        return {f"{prefix}win_rate": 0.5, f"{prefix}win_rate_ci95": [0.5, 0.5], **unjudged}
     outcomes = judge_pairs(
         judge, prompts, responses[name], responses[options.baseline], options.seed, options.shuffle_positions
     )
     wr = win_rate(outcomes)
-    return {f"{prefix}win_rate": wr.rate, f"{prefix}win_rate_ci95": [wr.low, wr.high]}
+    counts = {f"{prefix}wins": wr.wins, f"{prefix}ties": wr.ties, f"{prefix}losses": wr.n - wr.wins - wr.ties}
+    return {f"{prefix}win_rate": wr.rate, f"{prefix}win_rate_ci95": [wr.low, wr.high], **counts}
 
 
 def _json_value(value: Any) -> Any:
@@ -407,6 +413,7 @@ def render_table(results: Mapping[str, Mapping[str, Any]], baseline: str, print_
     from rich.table import Table
 
     shown = {"n", "win_rate", "win_rate_ci95", "rm_win_rate", "rm_win_rate_ci95"}
+    shown |= {f"{prefix}{count}" for prefix in ("", "rm_") for count in ("wins", "ties", "losses")}  # results.json
     rates = {"eos_rate", "truthfulqa_mc1", "gsm8k_accuracy", "fewshot_accuracy"}
     unmeasured = {k for k in ("fewshot_accuracy",) if all(f.get(k) is None for f in results.values())}  # not shown
     extra = [k for k in dict.fromkeys(k for f in results.values() for k in f) if k not in shown | unmeasured]
@@ -434,12 +441,15 @@ def write_outputs(
     table_text: str,
     prompts: Sequence[EvalPrompt],
     responses: Mapping[str, list[str]],
+    judge: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write results, plot, table, samples and settings into ``output_dir``, replacing it only when all are done."""
+    """Write results, plot, table, samples and settings into ``output_dir``, replacing it only when all are done;
+    ``judge`` (who judged, how it was made) goes into results.json beside the policies, under ``"judge"``."""
     from lit_rlhf.models import atomic_directory
 
     with atomic_directory(output_dir) as tmp:
-        (tmp / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+        record = {**results, "judge": dict(judge)} if judge is not None else results
+        (tmp / RESULTS_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
         (tmp / "settings.json").write_text(json.dumps(settings, indent=2, default=str) + "\n")
         (tmp / "table.txt").write_text(table_text)
         with open(tmp / "samples.jsonl", "w", encoding="utf-8") as f:

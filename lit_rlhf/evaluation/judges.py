@@ -94,7 +94,8 @@ class RewardModelJudge:
         rm_dir: A reward-model directory (``AutoModelForSequenceClassification`` with one label, as the reward stage
             exports it, or any Hugging Face one).
         batch_size: Sequences scored per forward pass.
-        max_length: Longest prompt + response in tokens; longer ones lose their oldest prompt tokens.
+        max_length: Longest prompt + response in tokens (at most the model's context); longer ones lose their
+            oldest prompt tokens.
         template: Prompt template, as in training (``auto``: the tokenizer's chat template if it has one).
         tie_margin: Scores closer than this count as a tie (0: only exactly equal scores tie).
         device: Where the model runs; None picks CUDA when available.
@@ -120,7 +121,9 @@ class RewardModelJudge:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device)
         self.batch_size = batch_size
-        self.max_length = max_length
+        config = self.model.config  # the positions the model has: a longer sequence cannot be scored
+        context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+        self.max_length = min(max_length, context) if isinstance(context, int) else max_length
         self.template = template
         self.tie_margin = tie_margin
         self._cache: dict[tuple[str, str], float] = {}

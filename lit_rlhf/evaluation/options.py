@@ -24,6 +24,8 @@ class EvaluateOptions:
         judge: Who decides which response is better: 'rm:DIR' or a directory (a reward model), or an import path
             'package.module:name' to a function (prompt, response_a, response_b) -> 1 / 0.5 / 0, or to an object
             with compare(prompts, responses_a, responses_b). None: no judged win rate.
+        judge_info: What the judge is and how it was made, e.g. '{path: runs/x/gold_rm/hf, made: ...}': written
+            into results.json under 'judge', beside the policies. null: results.json holds the policies only.
         rm_dir: A reward model whose win rate is reported beside the judge's (rm_win_rate); the gap between the
             two shows over-optimisation.
         output_dir: Where the results go; replaced atomically. null: no files written.
@@ -55,6 +57,7 @@ class EvaluateOptions:
     prompts_file: str | list[str]
     baseline: str = "sft"
     judge: str | None = None
+    judge_info: dict[str, int | float | str | None] | None = None
     rm_dir: str | None = None
     output_dir: str | None = "runs/evaluate"
     pretraining_file: str | list[str] | None = None
@@ -92,6 +95,8 @@ class EvaluateOptions:
             problems.append(f"--baseline {self.baseline!r} is not one of --policies {sorted(self.policies)}")
         for name, path in self.policies.items():
             problems.extend(policy_dir_problems(name, path))
+        if self.judge_info is not None and "judge" in self.policies:
+            problems.append("--policies has one named 'judge', the key of --judge_info in results.json; rename it")
         files = {
             "--prompts_file": self.prompts_file,
             "--pretraining_file": self.pretraining_file,
