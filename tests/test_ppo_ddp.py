@@ -129,7 +129,7 @@ def test_fsdp2_checkpoint_resumes_as_an_unbroken_run(tmp_path, ppo_setup):
     fsdp2 = (2, 4, "fsdp2", "--trainer.enable_checkpointing=true")  # one iteration an epoch (limit_train_batches=1)
     run_ppo(config, tmp_path / "unbroken", *fsdp2, "--trainer.max_epochs=2")
     run_ppo(config, tmp_path / "first", *fsdp2, "--trainer.max_epochs=1")
-    (checkpoint,) = list((tmp_path / "first").rglob("*.ckpt"))
+    checkpoint = tmp_path / "first" / "checkpoints" / "last.ckpt"  # the stable place --ckpt_path=last reads
     assert checkpoint.is_dir() and len(list(checkpoint.glob("*.distcp"))) == 2, "one shard per process"
     run_ppo(config, tmp_path / "resumed", *fsdp2, "--trainer.max_epochs=2", f"--ckpt_path={checkpoint}")
 

@@ -378,7 +378,7 @@ def test_fsdp2_checkpoint_resumes_as_an_unbroken_run_and_exports_one_directory(t
     unbroken = start_cli(path, tmp_path / "unbroken", "--trainer.devices=1", "--data.batch_size=8")
     finish(first), finish(unbroken)
 
-    (checkpoint,) = list((tmp_path / "first").rglob("*.ckpt"))
+    checkpoint = tmp_path / "first" / "checkpoints" / "last.ckpt"  # the stable place --ckpt_path=last reads
     assert checkpoint.is_dir() and len(list(checkpoint.glob("*.distcp"))) == 2, "one shard per process"
     finish(start_cli(path, tmp_path / "resumed", *fsdp2, f"--ckpt_path={checkpoint}"))
 
