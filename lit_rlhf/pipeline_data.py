@@ -141,20 +141,8 @@ class Prompt:
 
 def parse_any_prompt(record: Any, source: Source) -> Prompt:
     """The prompt of a prompt, SFT or preference record; a prompt record is kept as written (extra keys too)."""
-    if not isinstance(record, dict):
-        raise DataError(f"{source}: a record must be a JSON object, got {type(record).__name__}")
-    if {"chosen", "completions"} & record.keys():
-        messages = parse_ranking_record(record, source, ties="drop").prompt
-    elif "prompt" in record or "messages" in record:
-        return Prompt(parse_prompt_record(record, source).prompt, record)
-    elif "instruction" in record:
-        messages = parse_sft_record(record, source).prompt
-    else:
-        raise DataError(
-            f"{source}: unknown prompt record with keys {sorted(record)}; expected 'prompt' or 'messages' (or an SFT "
-            "or preference record, whose prompt is taken)"
-        )
-    return Prompt(messages, {"messages": messages})
+    messages = parse_prompt_record(record, source).prompt
+    return Prompt(messages, record if {"prompt", "messages"} & record.keys() else {"messages": messages})
 
 
 def prompt_key(messages: Sequence[Message]) -> str:

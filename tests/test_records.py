@@ -180,5 +180,10 @@ def test_one_hh_dialogue_renders_the_same_prompt_as_sft_rm_and_ppo_record(tokeni
     assert encode_completion(tokenizer, sft.prompt, sft.completion, template) == encode_completion(
         tokenizer, rm.prompt, rm.completions[0], template
     )
+    # the files of any stage serve as PPO prompts: a preference record's prompt is the RM's
+    pair = {"chosen": dialogue + " Yes, 4.", "rejected": dialogue + " 5."}
+    assert parse_prompt_record(pair, src).prompt == rm.prompt
+    alpaca = {"instruction": "Add 2 and 2.", "input": "", "output": "4"}
+    assert parse_prompt_record(alpaca, src).prompt == parse_sft_record(alpaca, src).prompt
     # plain prompts stay one user message
     assert parse_prompt_record({"prompt": "What is 2+2?"}, src).prompt == [{"role": "user", "content": "What is 2+2?"}]

@@ -28,6 +28,8 @@ from lit_rlhf.data.records import (
     Source,
     load_records,
     parse_messages,
+    parse_ranking_record,
+    parse_sft_record,
     prompt_messages,
     require_str,
 )
@@ -49,7 +51,9 @@ class PromptExample:
 
 
 def parse_prompt_record(record: Any, source: Source) -> PromptExample:
-    """Turn ``{"prompt"}`` or ``{"messages"}`` into a :class:`PromptExample` (other keys are ignored)."""
+    """The prompt of a record: ``{"prompt"}`` or ``{"messages"}`` (an SFT record's answer dropped), or the prompt of an
+    SFT or preference record (``{"instruction", ...}``, hh-rlhf ``{"chosen", "rejected"}``, K-wise rankings), so
+    the files of any stage serve as PPO prompts. Other keys are ignored."""
     if not isinstance(record, dict):
         raise DataError(f"{source}: a record must be a JSON object, got {type(record).__name__}")
     if "messages" in record:
@@ -61,7 +65,14 @@ def parse_prompt_record(record: Any, source: Source) -> PromptExample:
         return PromptExample(messages, source)
     if "prompt" in record:
         return PromptExample(prompt_messages(record["prompt"], source, "prompt"), source)
-    raise DataError(f"{source}: unknown prompt record with keys {sorted(record)}; expected 'prompt' or 'messages'")
+    if {"chosen", "completions"} & record.keys():
+        return PromptExample(parse_ranking_record(record, source, ties="drop").prompt, source)
+    if "instruction" in record:
+        return PromptExample(parse_sft_record(record, source).prompt, source)
+    raise DataError(
+        f"{source}: unknown prompt record with keys {sorted(record)}; expected 'prompt' or 'messages' (or an SFT or "
+        "preference record, whose prompt is taken)"
+    )
 
 
 def parse_text_record(record: Any, source: Source) -> str:
