@@ -27,6 +27,7 @@ from lit_rlhf.data.collate import Template, encode_completion, encode_prompt, fi
 from lit_rlhf.data.records import Source
 from lit_rlhf.evaluation.prompts import EvalPrompt, as_eval_prompts
 from lit_rlhf.evaluation.stats import OUTCOMES
+from lit_rlhf.generation import context_length
 
 
 @runtime_checkable
@@ -121,9 +122,8 @@ class RewardModelJudge:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device)
         self.batch_size = batch_size
-        config = self.model.config  # the positions the model has: a longer sequence cannot be scored
-        context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-        self.max_length = min(max_length, context) if isinstance(context, int) else max_length
+        context = context_length(self.model)  # the positions the model has: a longer sequence cannot be scored
+        self.max_length = min(max_length, context) if context is not None else max_length
         self.template = template
         self.tie_margin = tie_margin
         self._cache: dict[tuple[str, str], float] = {}

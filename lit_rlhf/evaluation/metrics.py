@@ -23,7 +23,7 @@ from lit_rlhf.data.collate import Template, encode_completion, encode_prompt, pa
 from lit_rlhf.data.prompts import parse_text_record
 from lit_rlhf.data.records import DataError, read_records
 from lit_rlhf.evaluation.prompts import EvalPrompt
-from lit_rlhf.generation import generate_greedy, sample_in_batches, sample_seed
+from lit_rlhf.generation import context_length, generate_greedy, sample_in_batches, sample_seed
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +61,6 @@ def load_policy(
     tokenizer = load_tokenizer(str(path))
     model = freeze(load_model(str(path), tokenizer))
     return model.to(device), tokenizer
-
-
-def context_length(model: nn.Module) -> int | None:
-    """The longest sequence the model's positions allow (``n_positions`` / ``max_position_embeddings``), if known."""
-    config = getattr(model, "config", None)
-    for key in ("n_positions", "max_position_embeddings"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def fit_context(prompt_ids: Sequence[int], n_after: int, context: int | None) -> list[int]:
