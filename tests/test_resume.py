@@ -55,40 +55,19 @@ def stage_config(tmp_path, stage: str, tokenizer_dir) -> dict:
             "class_path": "lit_rlhf.data.prompts.PromptDataModule",
             "init_args": {"train_files": str(files), "batch_size": 4},
         }
-    elif stage == "sft":
-        files = write_jsonl(tmp_path / "sft.jsonl", records)
-        model = {
-            "class_path": "lit_rlhf.sft.SFTModule",
-            "init_args": {
-                "model_name_or_path": "scratch:gpt2",
-                "tokenizer_name_or_path": str(tokenizer_dir),
-                "model_config": TINY_GPT2,
-                "num_sample_prompts": 0,
-                **common,
-            },
-        }
-        data = {
-            "class_path": "lit_rlhf.data.modules.SFTDataModule",
-            "init_args": {"train_files": str(files), "val_files": str(files), "batch_size": 4},
-        }
-    else:
-        rows = [{"prompt": r["prompt"], "completions": ["zz", r["completion"], r["completion"][:-1]],
-                 "ranking": [1, 2, 0]} for r in records]  # fmt: skip
-        files = write_jsonl(tmp_path / "rm.jsonl", rows)
-        model = {
-            "class_path": "lit_rlhf.reward.RewardModule",
-            "init_args": {
-                "model_name_or_path": "scratch:gpt2",
-                "tokenizer_name_or_path": str(tokenizer_dir),
-                "model_config": TINY_GPT2,
-                "normalize": False,
-                **common,
-            },
-        }
-        data = {
-            "class_path": "lit_rlhf.data.modules.PreferenceDataModule",
-            "init_args": {"train_files": str(files), "val_files": str(files), "batch_size": 4},
-        }
+    else:  # SFT or the RM: a scratch GPT-2 on the demonstrations or on 3-way rankings of them
+        scratch = {"model_name_or_path": "scratch:gpt2", "tokenizer_name_or_path": str(tokenizer_dir),
+                   "model_config": TINY_GPT2, **common}  # fmt: skip
+        if stage == "sft":
+            rows, module, options, datamodule = records, "sft.SFTModule", {"num_sample_prompts": 0}, "SFTDataModule"
+        else:
+            rows = [{"prompt": r["prompt"], "completions": ["zz", r["completion"], r["completion"][:-1]],
+                     "ranking": [1, 2, 0]} for r in records]  # fmt: skip
+            module, options, datamodule = "reward.RewardModule", {"normalize": False}, "PreferenceDataModule"
+        files = write_jsonl(tmp_path / f"{stage}.jsonl", rows)
+        model = {"class_path": f"lit_rlhf.{module}", "init_args": {**scratch, **options}}
+        data = {"class_path": f"lit_rlhf.data.modules.{datamodule}",
+                "init_args": {"train_files": str(files), "val_files": str(files), "batch_size": 4}}  # fmt: skip
     steps = {"limit_train_batches": 8, "max_epochs": 1} if stage == "ppo" else {"max_steps": 8}
     trainer = {"accelerator": "cpu", **steps, "limit_val_batches": 0, "num_sanity_val_steps": 0,
                "enable_progress_bar": False, "logger": False, "checkpoint_every_n_steps": 2}  # fmt: skip
