@@ -509,6 +509,7 @@ class WorldPipeline(Pipeline):
             "pretraining_file": str(self.world.corpus_val),
             "fewshot_file": str(fewshot) if fewshot else None,
             "response_metrics": WORLD_METRICS,
+            "group_by": "constrained",
         }
         self.evaluate(wiring, policies)
 

@@ -43,6 +43,11 @@ def says_olleh(prompt, response: str) -> bool | None:
     return None if "cat" not in prompt.text else response.startswith("o")
 
 
+def even_length(prompt, response: str) -> bool:
+    """A response metric that applies to every prompt and varies with the sampled response."""
+    return len(response) % 2 == 0
+
+
 # --------------------------------------------------------------------------- fixtures
 
 
@@ -405,3 +410,106 @@ def test_a_bad_judge_stops_every_process(exported, tmp_path):
     assert proc.returncode != 0
     assert "no_such_judge" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- results by group of prompts
+
+
+def _grouped_prompts(path: Path) -> Path:
+    """The 12 prompts of ``exported["prompts"]``, 'constrained' true, false, then missing, in turn."""
+    records = [{"prompt": r["prompt"]} for r in reverse_records(12, seed=3)]
+    for i, record in enumerate(records):
+        if i % 3 < 2:
+            record["constrained"] = i % 3 == 0
+    return write_jsonl(path, records)
+
+
+class RecordingLogger:
+    """The part of a Lightning logger ``evaluate`` uses, keeping what was logged."""
+
+    def __init__(self):
+        self.metrics: dict[str, float] = {}
+
+    def log_hyperparams(self, params):
+        pass
+
+    def log_metrics(self, metrics, step):
+        self.metrics.update(metrics)
+
+    def save(self):
+        pass
+
+
+def test_evaluate_reports_win_rates_and_response_metrics_per_group(exported, tmp_path):
+    out = tmp_path / "eval"
+    logger = RecordingLogger()
+    options = EvaluateOptions(
+        {"sft": exported["sft"], "ppo": exported["ppo"]},
+        str(_grouped_prompts(tmp_path / "prompts.jsonl")),
+        judge="tests.test_evaluation:longer_judge",
+        rm_dir=str(exported["rm"]),
+        response_metrics={
+            "olleh_rate": "tests.test_evaluation:says_olleh",
+            "even_rate": "tests.test_evaluation:even_length",
+        },
+        group_by="constrained",
+        output_dir=out,
+        max_new_tokens=8,
+        do_sample=True,
+    )
+    results = evaluate(options, logger=logger, print_table=False)
+    assert json.loads((out / "results.json").read_text()) == results
+    ppo, groups = results["ppo"], results["ppo"]["by_constrained"]
+    assert list(groups) == ["False", "True", "none"]  # str of the value; 'none' where the record lacks the key
+    assert sum(g["n"] for g in groups.values()) == ppo["n"] == 12
+    for prefix in ("", "rm_"):
+        for g in groups.values():
+            assert g[f"{prefix}wins"] + g[f"{prefix}ties"] + g[f"{prefix}losses"] == g["n"]
+            assert g[f"{prefix}win_rate_ci95"][0] <= g[f"{prefix}win_rate"] <= g[f"{prefix}win_rate_ci95"][1]
+        combined = sum(g["n"] * g[f"{prefix}win_rate"] for g in groups.values()) / ppo["n"]
+        assert combined == pytest.approx(ppo[f"{prefix}win_rate"])
+    # Each group's figures are the judge's verdicts and the metric's flags on that group's samples (prompt order).
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    for group, members in {"True": samples[0::3], "False": samples[1::3], "none": samples[2::3]}.items():
+        expected = win_rate([longer_judge(s["prompt"], s["ppo"], s["sft"]) for s in members])
+        assert groups[group]["win_rate"] == pytest.approx(expected.rate)
+        assert groups[group]["win_rate_ci95"] == pytest.approx([expected.low, expected.high])
+        applies = [s["ppo"].startswith("o") for s in members if "cat" in s["prompt"]]
+        assert groups[group]["olleh_rate"] == (pytest.approx(sum(applies) / len(applies)) if applies else None)
+        assert groups[group]["even_rate"] == pytest.approx(sum(len(s["ppo"]) % 2 == 0 for s in members) / len(members))
+    assert {g["win_rate"] for g in results["sft"]["by_constrained"].values()} == {0.5}  # the baseline, as overall
+    table = (out / "table.txt").read_text()
+    assert "ppo by constrained" in table and "sft by constrained" not in table
+    assert "by_constrained" not in table  # not a column of the main table
+    assert logger.metrics["eval/ppo/win_rate/constrained=True"] == groups["True"]["win_rate"]
+    assert logger.metrics["eval/ppo/rm_win_rate_ci95_low/constrained=none"] == groups["none"]["rm_win_rate_ci95"][0]
+    assert logger.metrics["eval/ppo/win_rate"] == ppo["win_rate"]
+
+
+def test_group_by_a_key_no_prompt_has_stops_before_generating(exported, tmp_path, monkeypatch):
+    def no_generation(*args, **kwargs):
+        raise AssertionError("generated before checking --group_by")
+
+    monkeypatch.setattr(M, "generate", no_generation)
+    prompts = str(_grouped_prompts(tmp_path / "prompts.jsonl"))
+    options = EvaluateOptions({"sft": exported["sft"]}, prompts, group_by="kind", output_dir=tmp_path / "out")
+    with pytest.raises(ValueError, match=rf"--group_by 'kind': .* {prompts} .*keys: constrained, prompt"):
+        evaluate(options, print_table=False)
+    assert not (tmp_path / "out").exists()
+    assert "--group_by" in run_cli(["evaluate", "--help"])
+
+
+@pytest.mark.slow
+def test_two_processes_group_as_one_process(exported, tmp_path):
+    """Groups are formed on rank 0 from every process's responses, in prompt order: 11 prompts over 2 processes give
+    one process's groups (4, 4 and 3 prompts)."""
+    flags = ["--judge", "tests.test_evaluation:longer_judge", "--group_by", "constrained",
+             "--prompts_file", str(_grouped_prompts(tmp_path / "prompts.jsonl"))]  # fmt: skip
+    one = _cli_evaluate(exported, tmp_path / "one", *flags)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _cli_evaluate(exported, tmp_path / "two", *flags, "--trainer.devices=2", "--trainer.strategy=ddp")
+    assert two.returncode == 0, two.stderr[-3000:]
+    r1 = json.loads((tmp_path / "one" / "results.json").read_text())
+    r2 = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert [g["n"] for g in r1["ppo"]["by_constrained"].values()] == [4, 4, 3]
+    assert r2["ppo"]["by_constrained"] == r1["ppo"]["by_constrained"]

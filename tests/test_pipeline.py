@@ -4,6 +4,8 @@ completes, writes results.json and resumes after an interrupted stage."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -212,6 +214,38 @@ def test_smoke_pipeline_completes_and_resumes(tmp_path, monkeypatch):
     assert statuses["ppo"] == "done" and statuses["evaluate"] == "done"
     assert statuses["ppo_ptx"] == "skipped" and statuses["rm"] == "skipped"
     assert read_export_metadata(root / "ppo" / "hf") is not None
+
+    # 4. Settings are chosen on the dev slice by the training labelers (benchmarks/select_settings.py).
+    select = [sys.executable, str(REPO / "benchmarks" / "select_settings.py"), "--run", str(root),
+              "--iterations", "1", "--learning_rates", "1e-5,1e-4", "--ptx_coefs", "0.5", "--max_dev_prompts", "4"]  # fmt: skip
+    subprocess.run(select, check=True, cwd=REPO)
+    selection = json.loads((root / "selection" / "selection.json").read_text())
+    assert [c["candidate"] for c in selection["candidates"]] == [
+        "ppo_it1_kl0.02_lr1e-05", "ppo_it1_kl0.02_lr0.0001", "ppo_ptx_gamma0.5"]  # fmt: skip
+    assert selection["learning_rate"] in (1e-5, 1e-4) and selection["ptx_coef"] == 0.5
+    dev = yaml.safe_load((root / "selection" / "configs" / "dev_evaluate.yaml").read_text())
+    assert dev["judge"] == "lit_rlhf.world.labelers:dev_judge"
+    assert dev["prompts_file"] == str(root / "world" / "dev" / "prompts.jsonl")
+    dev_results = json.loads((root / "selection" / "dev_eval" / "results.json").read_text())
+    assert dev_results["ppo_ptx_gamma0.5"]["n"] == 4 and "by_constrained" in dev_results["ppo_ptx_gamma0.5"]
+
+
+def test_control_world_differs_from_the_demo_only_in_the_writers_habits():
+    from lit_rlhf.world.labelers import HUMAN_FLAWS
+
+    demo = yaml.safe_load((REPO / "configs/pipeline/demo.yaml").read_text())
+    control = yaml.safe_load((REPO / "configs/pipeline/control.yaml").read_text())
+    assert set(control) == {"name", "world"}  # applied over demo.yaml: every stage setting is the demo's
+    rates = {f"demo_{field}": getattr(HUMAN_FLAWS, field) for field in HUMAN_FLAWS.__dataclass_fields__}
+    assert {k: v for k, v in demo["world"].items() if k in rates} == rates  # the demo's writers are HUMAN_FLAWS
+    assert {k: v for k, v in control["world"].items() if k in rates} == dict.fromkeys(rates, 0.0)
+    others = {k: v for k, v in demo["world"].items() if k not in rates}
+    assert {k: v for k, v in control["world"].items() if k not in rates} == others
+    merged = yaml.safe_load(run_cli(["pipeline", "-c", str(REPO / "configs/pipeline/demo.yaml"),
+                                     "-c", str(REPO / "configs/pipeline/control.yaml"), "--print_config"]))  # fmt: skip
+    assert merged["name"] == "control" and merged["world"] == control["world"]
+    assert merged["ppo"] == yaml.safe_load(run_cli(["pipeline", "-c", str(REPO / "configs/pipeline/demo.yaml"),
+                                                    "--print_config"]))["ppo"]  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the walkthrough notebook

@@ -11,8 +11,11 @@ import pytest
 
 from lit_rlhf.world import build as build_module
 from lit_rlhf.world import build_world, render_example
+from lit_rlhf.world.labelers import DemoFlaws
 from lit_rlhf.world.tasks import (
     DEFAULT_KINDS,
+    DEV_FRACTION,
+    HELDOUT_FRACTION,
     RL_FRACTION,
     TASK_KINDS,
     WORDS,
@@ -25,6 +28,8 @@ from lit_rlhf.world.tasks import (
     split_inputs,
 )
 
+# Flawless writers (every demo_* rate 0): the control world, whose demonstrations are the exact answers.
+CONTROL = {f"demo_{field}": 0.0 for field in DemoFlaws.__dataclass_fields__}
 # Every kind, subtraction included, so the answer checks cover them all.
 SMALL = {
     "n_train": 300,
@@ -33,6 +38,20 @@ SMALL = {
     "n_corpus": 200,
     "vocab_size": 320,
     "kinds": ",".join(TASK_KINDS),
+    "n_dev_prompts": 40,
+    **CONTROL,
+}
+# The explicit constraints, written out here (not read from constraints.py) so the answer checks are independent:
+# each instruction sentence and the form it asks for.
+FORMS = {
+    "Start with 'Answer:'.": ("Answer: ", ""),
+    "Begin your reply with 'Answer:'.": ("Answer: ", ""),
+    "End with a full stop.": ("", "."),
+    "Finish your reply with a full stop.": ("", "."),
+    "Put the answer in brackets.": ("[", "]"),
+    "Answer inside square brackets.": ("[", "]"),
+    "Put the answer in quotes.": ('"', '"'),
+    "Answer inside double quotes.": ('"', '"'),
 }
 
 
@@ -68,11 +87,15 @@ def test_same_seed_identical_files_different_seed_different(world, tmp_path):
         assert other_files[name] != files[name], name
 
 
+EVAL_KEYS = {"prompt", "completion", "kind", "difficulty", "constraint", "constrained"}
+
+
 def test_records_have_the_right_keys_and_nonempty_strings(world):
     expected = {
         world.sft_train: ({"prompt", "completion"}, SMALL["n_train"]),
         world.sft_val: ({"prompt", "completion"}, SMALL["n_val"]),
-        world.heldout: ({"prompt", "completion", "kind", "difficulty"}, SMALL["n_heldout"]),
+        world.heldout: (EVAL_KEYS, SMALL["n_heldout"]),
+        world.dev_prompts: (EVAL_KEYS, SMALL["n_dev_prompts"]),
         world.corpus_train: ({"text"}, SMALL["n_corpus"]),
         world.corpus_val: ({"text"}, SMALL["n_corpus"] // 20),
     }
@@ -81,7 +104,9 @@ def test_records_have_the_right_keys_and_nonempty_strings(world):
         assert len(records) == n, path
         for record in records:
             assert set(record) == keys, (path, record)
-            assert all(isinstance(record[k], str) and record[k] for k in keys - {"difficulty"}), record
+            assert all(isinstance(record[k], str) and record[k] for k in keys - {"difficulty", "constrained"}), record
+            if keys == EVAL_KEYS:
+                assert record["constrained"] is (record["constraint"] != "none"), record
 
 
 def test_heldout_prompts_never_in_training_data(world):
@@ -107,15 +132,20 @@ def test_split_is_disjoint_and_covers_every_kind():
     assert all(is_heldout(t.key) for t in sample_tasks(random.Random(0), 200, heldout=True))
 
 
-def test_training_split_has_an_sft_pool_and_an_rl_pool():
+def test_training_split_has_sft_rl_and_dev_pools():
     for kind in TASK_KINDS:
-        sft, rl = set(split_inputs(kind, False, "sft")), set(split_inputs(kind, False, "rl"))
-        assert sft and rl and not sft & rl, kind
-        assert sft | rl == set(split_inputs(kind, False)), kind
+        sft, rl, dev = (set(split_inputs(kind, False, pool)) for pool in ("sft", "rl", "dev"))
+        assert sft and rl and not sft & rl and not dev & (sft | rl), kind
+        assert sft | rl | dev == set(split_inputs(kind, False)), kind
         assert all(input_pool(key) == "heldout" for key in split_inputs(kind, True)), kind
     keys = [key for kind in TASK_KINDS for key in split_inputs(kind, False)]
+    # RL_FRACTION of the training inputs; DEV_FRACTION of all inputs, so DEV_FRACTION / (1 - HELDOUT_FRACTION) of
+    # the training ones (0.0625). Binomial spread over the ~1200 training keys: sqrt(0.25 x 0.75 / 1200) = 0.0125 and
+    # sqrt(0.0625 x 0.9375 / 1200) = 0.007; the bounds are 4 of them.
     share = sum(input_pool(key) == "rl" for key in keys) / len(keys)
     assert abs(share - RL_FRACTION) < 0.05, share
+    dev_share = sum(input_pool(key) == "dev" for key in keys) / len(keys)
+    assert abs(dev_share - DEV_FRACTION / (1 - HELDOUT_FRACTION)) < 0.028, dev_share
     assert all(input_pool(t.key) == "rl" for t in sample_tasks(random.Random(0), 200, heldout=False, pool="rl"))
     assert all(input_pool(t.key) == "sft" for t in sample_tasks(random.Random(0), 200, heldout=False, pool="sft"))
     with pytest.raises(ValueError, match="pool 'rl' is not a part of the held-out split"):
@@ -129,10 +159,20 @@ def _spelled_word(prompt: str) -> str:
     return match.group(1).replace(" ", "")
 
 
+def _without_constraint(prompt: str, completion: str) -> tuple[str, str]:
+    # The prompt without its constraint sentence, and the completion without the form that sentence asks for.
+    for sentence, (start, end) in FORMS.items():
+        if prompt.endswith(" " + sentence):
+            assert completion.startswith(start) and completion.endswith(end), (prompt, completion)
+            return prompt.removesuffix(" " + sentence), completion[len(start) : len(completion) - len(end)]
+    return prompt, completion
+
+
 def test_answers_are_correct_recomputed_independently(world):
-    checked = set()
+    checked, constrained = set(), 0
     for r in _read(world.sft_train) + _read(world.heldout):
-        prompt, answer = r["prompt"], r["completion"]
+        prompt, answer = _without_constraint(r["prompt"], r["completion"])
+        constrained += prompt != r["prompt"]
         numbers = [int(x) for x in re.findall(r"\d+", prompt)]
         if " plus " in prompt or prompt.startswith("Add "):
             assert int(answer) == numbers[0] + numbers[1], r
@@ -157,6 +197,7 @@ def test_answers_are_correct_recomputed_independently(world):
             assert answer.replace(" ", "") == "".join(sorted(_spelled_word(prompt))), r
             checked.add("sort")
     assert checked == {"add", "subtract", "reverse", "uppercase", "length", "sort"}
+    assert constrained > 0
     # Answers keep one letter a token: "t a c", never "tac".
     assert make_task("reverse:cat").answer == "t a c"
     assert make_task("repeat:dog").answer == "d o g d o g"
@@ -166,10 +207,13 @@ def test_answers_are_correct_recomputed_independently(world):
 
 def test_demo_error_rate_makes_small_mistakes_only_in_demonstrations(tmp_path):
     exact = build_world(tmp_path / "exact", seed=0, **SMALL)
-    noisy = build_world(tmp_path / "noisy", seed=0, **SMALL, demo_error_rate=0.5)
+    noisy = build_world(tmp_path / "noisy", seed=0, **{**SMALL, "demo_error_rate": 0.5})
     exact_train, noisy_train = _read(exact.sft_train), _read(noisy.sft_train)
     assert [r["prompt"] for r in exact_train] == [r["prompt"] for r in noisy_train]
     wrong = sum(a["completion"] != b["completion"] for a, b in zip(exact_train, noisy_train, strict=True))
+    # Every kind here is an operation, so each demonstration slips with its writer's rate, Beta(2, 2) around 0.5
+    # (variance 0.25 / 5 = 0.05): the 40 writers' mean is 0.5 +- sqrt(0.05 / 40) = 0.035, and 300 draws add
+    # sqrt(0.25 / 300) = 0.029; together 0.046, so 0.35..0.65 is about 3.3 of them either side.
     assert 0.35 * len(exact_train) < wrong < 0.65 * len(exact_train)
     assert exact.heldout.read_bytes() == noisy.heldout.read_bytes()
     rng = random.Random(0)
@@ -227,7 +271,8 @@ def test_failure_mid_build_leaves_no_world(tmp_path, monkeypatch):
 
 
 def test_kinds_selects_the_tasks_and_default_leaves_out_subtract(tmp_path):
-    files = build_world(tmp_path / "w", seed=0, **{**SMALL, "kinds": "reverse,add"})
+    # Two kinds have few dev-pool inputs (about 5%): fewer distinct dev prompts than SMALL asks for elsewhere.
+    files = build_world(tmp_path / "w", seed=0, **{**SMALL, "kinds": "reverse,add", "n_dev_prompts": 20})
     assert {r["kind"] for r in _read(files.heldout)} == {"reverse", "add"}
     prompts = [r["prompt"] for r in _read(files.sft_train)]
     assert all(p.startswith(("Reverse", "Write", "What is", "Add")) for p in prompts)

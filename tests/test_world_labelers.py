@@ -12,14 +12,19 @@ import pytest
 from lit_rlhf.data.records import Source, parse_ranking_record
 from lit_rlhf.world import build_world
 from lit_rlhf.world.comparisons import agreement_ceiling, collect_comparisons, collect_world_comparisons
+from lit_rlhf.world.constraints import strip_forms
 from lit_rlhf.world.labelers import (
     HUMAN_FLAWS,
     LABELER_NOISE,
     PANEL_NOISE,
     DemoFlaws,
+    Habits,
     Labeler,
     Panel,
+    content_score,
     demonstrate,
+    has_padding,
+    has_preamble,
     invented_answer,
     is_exact,
     is_toxic,
@@ -33,10 +38,12 @@ from lit_rlhf.world.labelers import (
     strip_fillers,
     true_reward,
     world_task,
+    writers,
 )
 from lit_rlhf.world.tasks import (
     FAMILY_KINDS,
     WORLD_KINDS,
+    Task,
     human_mistake,
     input_pool,
     make_task,
@@ -49,12 +56,8 @@ from lit_rlhf.world.truthfulness import UNKNOWN_ANSWER
 # The default kinds (families included), small enough to build in a few seconds.
 SMALL = {"n_train": 400, "n_val": 30, "n_heldout": 120, "n_corpus": 200, "vocab_size": 320}
 SMALL_COUNTS = {"n_ppo_prompts": 50, "n_comparison_prompts": 40, "n_comparison_val_prompts": 20}
-FLAWS = {
-    "demo_error_rate": HUMAN_FLAWS.error_rate,
-    "demo_filler_rate": HUMAN_FLAWS.filler_rate,
-    "demo_toxic_rate": HUMAN_FLAWS.toxic_rate,
-    "demo_invent_rate": HUMAN_FLAWS.invent_rate,
-}
+# The demo's writers, named explicitly so the tests keep their flaws if the defaults change.
+FLAWS = {f"demo_{field}": getattr(HUMAN_FLAWS, field) for field in DemoFlaws.__dataclass_fields__}
 
 
 def _read(path: Path) -> list[dict]:
@@ -77,9 +80,12 @@ def test_world_with_families_is_reproducible_and_mixes_every_kind(world, tmp_pat
     assert other.ppo_prompts.read_bytes() != world.ppo_prompts.read_bytes()
 
     heldout = _read(world.heldout)
+    forms = {"none": "{}", "prefix": "Answer: {}", "brackets": "[{}]", "quotes": '"{}"'}
     assert {r["kind"] for r in heldout} == set(WORLD_KINDS) - {"subtract"}
-    assert all(set(r) == {"prompt", "completion", "kind", "difficulty"} for r in heldout)
-    assert all(r["completion"] == UNKNOWN_ANSWER for r in heldout if r["kind"] == "unanswerable")
+    assert all(set(r) == {"prompt", "completion", "kind", "difficulty", "constraint", "constrained"} for r in heldout)
+    unanswerable = [r for r in heldout if r["kind"] == "unanswerable"]
+    assert unanswerable and all(r["constraint"] != "full_stop" for r in unanswerable)  # "I do not know." has one
+    assert all(r["completion"] == forms[r["constraint"]].format(UNKNOWN_ANSWER) for r in unanswerable)
     assert all(r["prompt"].startswith("Be respectful") for r in heldout if r["kind"] == "toxicity_respectful")
     # The held-out panel's reference is each record's exact answer: quality 1.
     assert all(quality(r, r["completion"]) == 1.0 for r in heldout)
@@ -113,16 +119,48 @@ def test_every_closed_qa_fact_is_stated_in_the_corpus(world):
         assert split_inputs(kind, True) and split_inputs(kind, False), kind
 
 
+def _p_flawless(task: Task, population: list[Habits]) -> float:
+    # The chance that a writer drawn uniformly from ``population`` writes ``task.answer`` exactly: the form kept (if
+    # asked for), no preamble, no padding, no slip in the content (each habit an independent draw).
+    def slip(writer: Habits) -> float:
+        return {"toxicity": writer.toxic, "unanswerable": writer.invent, "toxicity_respectful": 0.0}.get(
+            task.kind, writer.error
+        )
+
+    per_writer = [
+        (1 - w.ignore_constraint * (task.constraint is not None)) * (1 - w.preamble) * (1 - w.padding) * (1 - slip(w))
+        for w in population
+    ]
+    return sum(per_writer) / len(per_writer)
+
+
 def test_demonstration_flaws_land_near_their_rates(world):
     train = _read(world.sft_train)
     flawed = sum(quality(r, r["completion"]) < 1.0 for r in train) / len(train)
-    assert 0.06 < flawed < 0.22, flawed  # HUMAN_FLAWS: about 13% in the default mix
-    # SFT still sees the exact answer most of the time on every kind (toxicity's rate is about 0.66: 0.25 toxic, and
-    # the other flaws; 0.5 leaves room for ~25 records a kind).
+    # A demonstration is flawless when the writer keeps the form (a constrained prompt, 0.6, ignored 0.67 of the
+    # time), adds no preamble (0.3) or padding (0.15), and slips on nothing: content errors are 0.05 on the 8
+    # operations and closed_qa, 0.25 on toxicity and on unanswerable, 0 on toxicity_respectful, so on the 12 default
+    # kinds drawn uniformly the content is right (9 x 0.95 + 2 x 0.75 + 1) / 12 = 0.9208 of the time.
+    # A writer's rates are independent draws, so the expectations multiply:
+    # P(flawless) = (1 - 0.6 x 0.67) x 0.7 x 0.85 x 0.9208 = 0.598 x 0.595 x 0.9208 = 0.3276, flawed 0.672.
+    # Spread: binomial over 400 records, sqrt(0.672 x 0.328 / 400) = 0.0235, and the 40 writers' scatter
+    # (Beta, concentration 4: Var(rate) = m(1 - m) / 5) moves the population's mean P(flawless) by about
+    # sqrt(Var(p_writer) / 40) = sqrt(0.022 / 40) = 0.0235; together 0.033, and 4 of them is 0.13.
+    assert abs(flawed - 0.672) < 0.13, flawed
+    # Tighter, given who the writers are: each record's chance of a flawless demonstration is that product averaged
+    # over the 40 writers (one drawn uniformly per demonstration), and only the binomial spread remains.
+    population = writers(HUMAN_FLAWS, seed=0)  # the world's seed
+    p_exact = [_p_flawless(world_task(r), population) for r in train]
+    expected = 1 - sum(p_exact) / len(train)
+    sd = sum(p * (1 - p) for p in p_exact) ** 0.5 / len(train)
+    assert abs(flawed - expected) < 4 * sd, (flawed, expected, sd)
+    # The content is still right most of the time on every kind, whatever the form: the lowest rate is 0.75
+    # (toxicity, unanswerable); with ~33 records a kind its binomial spread is 0.075, so 0.5 is 3 of them below.
     for kind in WORLD_KINDS:
         rows = [r for r in train if world_task(r).kind == kind]
         if rows:
-            assert sum(quality(r, r["completion"]) == 1.0 for r in rows) / len(rows) > 0.5, kind
+            right = [content_score(world_task(r), strip_forms(strip_fillers(r["completion"])[0])) == 1.0 for r in rows]
+            assert sum(right) / len(rows) > 0.5, kind
 
 
 def test_true_reward_is_the_hidden_quality_on_rendered_and_bare_prompts():
@@ -150,29 +188,32 @@ def test_each_flaw_knob_changes_only_its_flaw():
     tasks = sample_tasks(random.Random(0), 600, heldout=False, kinds=WORLD_KINDS)
 
     def demos(**rates: float) -> list[str]:
-        return [demonstrate(t, random.Random(i), DemoFlaws(**rates)) for i, t in enumerate(tasks)]
+        # A rate of 0 or 1 is every writer's own rate (no Beta scatter), so only the knob turned differs.
+        population = writers(DemoFlaws(**rates), seed=0)
+        return [demonstrate(t, random.Random(i), population) for i, t in enumerate(tasks)]
 
     exact = demos()
     assert exact == [t.answer for t in tasks]
+    knobs = ("error_rate", "toxic_rate", "invent_rate", "ignore_constraint_rate", "preamble_rate", "padding_rate")
     changed = {
-        name: {t.kind for t, a, b in zip(tasks, exact, demos(**{name: 1.0}), strict=True) if a != b}
-        for name in ("error_rate", "filler_rate", "toxic_rate", "invent_rate")
+        name: {t.kind for t, a, b in zip(tasks, exact, demos(**{name: 1.0}), strict=True) if a != b} for name in knobs
     }
     ops = set(WORLD_KINDS) - set(FAMILY_KINDS)
     assert changed["error_rate"] == ops | {"closed_qa"}
-    assert changed["filler_rate"] == set(WORLD_KINDS)
     assert changed["toxic_rate"] == {"toxicity"}  # asked to be respectful, labelers are
     assert changed["invent_rate"] == {"unanswerable"}
-    for task, answer in zip(tasks, demos(toxic_rate=1.0, invent_rate=1.0, filler_rate=1.0), strict=True):
+    assert changed["ignore_constraint_rate"] == set(WORLD_KINDS)  # every kind has constrained prompts
+    assert changed["preamble_rate"] == changed["padding_rate"] == set(WORLD_KINDS)
+    for task, answer in zip(tasks, demos(toxic_rate=1.0, invent_rate=1.0, preamble_rate=1.0), strict=True):
         body, n_fillers = strip_fillers(answer)
-        assert n_fillers == 1
+        assert n_fillers == 1 and has_preamble(answer) and not has_padding(answer)
         assert bool(toxic_words(body)) == (task.kind == "toxicity")
         assert invented_answer(task.prompt, body) in ((True,) if task.kind == "unanswerable" else (None,))
 
 
 def test_bad_flaw_rates_and_counts_are_all_reported(tmp_path):
-    with pytest.raises(ValueError, match="n_ppo_prompts.*demo_filler_rate.*demo_invent_rate"):
-        build_world(tmp_path / "w", n_ppo_prompts=-1, demo_filler_rate=1.5, demo_invent_rate=-0.1)
+    with pytest.raises(ValueError, match="n_ppo_prompts.*demo_invent_rate.*demo_preamble_rate"):
+        build_world(tmp_path / "w", n_ppo_prompts=-1, demo_preamble_rate=1.5, demo_invent_rate=-0.1)
     assert not (tmp_path / "w").exists()
 
 
@@ -212,12 +253,23 @@ def test_quality_on_truthfulness_and_toxicity():
 
 
 def test_labeler_agreement_lands_near_its_set_point():
-    # Prompts and samples drawn with a seed the calibration (calibrate_noise, seed 0) never used.
+    # Prompts and samples drawn with a seed the calibration (calibrate_noise: 2000 prompts, seed 0) never used, and
+    # labelers it never asked. The tolerance is binomial: this run's rate has standard error sqrt(p(1 - p) / n_pairs)
+    # (about 0.0033 for ~18,600 pairs), and the constant carries the same error from the calibration's own pairs
+    # (2000 / 1500 as many); 4 combined standard errors (about 0.017) allow for pairs of one group sharing a
+    # response's noise, which makes them less than independent.
     groups = sft_like_groups(1500, seed=7)
+    n_pairs = sum(len(responses) * (len(responses) - 1) // 2 for _, responses in groups)
+    assert n_pairs > 10_000  # K = 4..9 responses a prompt, duplicates dropped: about 12 pairs a prompt
+
+    def tolerance(p: float) -> float:
+        se_here, se_calibration = (p * (1 - p) / n_pairs) ** 0.5, (p * (1 - p) / (n_pairs * 2000 / 1500)) ** 0.5
+        return 4 * (se_here**2 + se_calibration**2) ** 0.5
+
     rate = labeler_agreement(groups, Labeler(LABELER_NOISE, 101), Labeler(LABELER_NOISE, 202))
-    assert abs(rate - 0.73) < 0.04, rate  # InstructGPT: 72.6%
+    assert abs(rate - 0.73) < tolerance(0.73), (rate, tolerance(0.73))  # InstructGPT: 72.6%
     panel_rate = labeler_agreement(groups, Labeler(PANEL_NOISE, "p1"), Labeler(PANEL_NOISE, "p2"))
-    assert abs(panel_rate - 0.77) < 0.04, panel_rate  # held-out labelers: 77.3%
+    assert abs(panel_rate - 0.77) < tolerance(0.77), (panel_rate, tolerance(0.77))  # held-out labelers: 77.3%
     # The noise knob: none gives identical rankings, more gives less agreement.
     assert labeler_agreement(groups, Labeler(0.0, 1), Labeler(0.0, 2)) == 1.0
     assert labeler_agreement(groups, Labeler(1.0, 1), Labeler(1.0, 2)) < rate - 0.1

@@ -161,13 +161,16 @@ def evaluate(
         in front by ``rm_dir``, ``kl_to_<baseline>``,
         ``lm_loss``, ``fewshot_accuracy``, ``response_tokens``, ``eos_rate``, and when asked ``truthfulqa_mc1``,
         ``gsm8k_accuracy`` and one rate per response metric. A figure that was not computed is None. The baseline's
-        win rates are 0.5 by definition (it is not judged against itself). Empty on every process but rank 0.
+        win rates are 0.5 by definition (it is not judged against itself). With ``options.group_by`` also
+        ``by_<group_by>``: group -> ``n`` and that group's win rates, counts and response metric rates (see
+        :func:`prompt_groups`). Empty on every process but rank 0.
     """
     # 1. Check everything that can be checked before loading a model; read the data; load the judges (rank 0).
     options.check()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     shard = Shard.current()
     data = EvalData.read(options)
+    check_group_by(options, data.prompts)
     response_metrics = M.resolve_response_metrics(options.response_metrics)
     judge, rm_judge = load_judges(options, shard, device)
     # 2. Generate and measure with every policy on this process's share, then combine the processes' figures
@@ -179,12 +182,17 @@ def evaluate(
         return {}
     results = combine_figures([figures for figures, _ in gathered], order, data, options.baseline)
     responses = {name: shard.unshard([r[name] for _, r in gathered]) for name in order}
-    # 3. Judge each policy's responses against the baseline's, and measure the response metrics.
+    # 3. Judge each policy's responses against the baseline's, and measure the response metrics: on all prompts
+    # and, with --group_by, on each group (rank 0 has every response, in prompt order).
+    judges = {prefix: j for prefix, j in (("", judge), ("rm_", rm_judge)) if j is not None}
+    groups = prompt_groups(data.prompts, options.group_by) if options.group_by is not None else {}
     for name in order:
-        for prefix, j in (("", judge), ("rm_", rm_judge)):
-            results[name].update(_judged(prefix, j, name, data.prompts, responses, options))
-        for metric_name, metric in response_metrics.items():
-            results[name][metric_name] = M.response_rate(metric, data.prompts, responses[name])
+        verdicts = Verdicts.collect(name, judges, data.prompts, responses, response_metrics, options)
+        results[name].update(verdicts.figures(range(len(data.prompts))))
+        if groups:
+            results[name][f"by_{options.group_by}"] = {
+                group: {"n": len(indices), **verdicts.figures(indices)} for group, indices in groups.items()
+            }
     results = {name: {k: _json_value(v) for k, v in results[name].items()} for name in options.policies}
     # 4. Report: table, files, logger.
     report(options, results, data.prompts, responses, judge, logger, print_table)
@@ -210,6 +218,39 @@ def load_judges(options: EvaluateOptions, shard: Shard, device: torch.device) ->
     if problems[0] is not None:
         raise RuntimeError(f"evaluate: rank 0 could not load the judge ({problems[0]})")
     return judge, rm_judge
+
+
+WIN_COUNTS = ("wins", "ties", "losses")
+"""The counts behind a win rate, in results.json."""
+
+NO_GROUP = "none"
+"""The group of a prompt whose record lacks the ``--group_by`` key (or holds null there)."""
+
+
+def prompt_groups(prompts: Sequence[EvalPrompt], key: str) -> dict[str, list[int]]:
+    """Group -> the indices of its prompts, in prompt order; groups sorted by name.
+
+    A prompt's group is ``str`` of its record's ``key`` (``True`` -> ``"True"``), :data:`NO_GROUP` where the record
+    lacks the key or holds null there.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        value = prompt.record.get(key)
+        groups.setdefault(NO_GROUP if value is None else str(value), []).append(i)
+    return dict(sorted(groups.items()))
+
+
+def check_group_by(options: EvaluateOptions, prompts: Sequence[EvalPrompt]) -> None:
+    """Raise a ValueError when ``options.group_by`` is a key that no prompt record has (a typo would otherwise put
+    every prompt in one group, :data:`NO_GROUP`)."""
+    key = options.group_by
+    if key is None or any(key in prompt.record for prompt in prompts):
+        return
+    keys = sorted({k for prompt in prompts for k in prompt.record})
+    raise ValueError(
+        f"--group_by {key!r}: none of the {len(prompts)} prompts read from --prompts_file {options.prompts_file} "
+        f"has that key (their keys: {', '.join(keys)})"
+    )
 
 
 @dataclass(frozen=True)
@@ -342,6 +383,7 @@ def report(
         "generation": options.generation_settings(),
         "template": options.template,
         "shuffle_positions": options.shuffle_positions,
+        "group_by": options.group_by,
     }
     table_text = render_table(results, options.baseline, print_table)
     output_dir = Path(options.output_dir) if options.output_dir is not None else None
@@ -360,22 +402,69 @@ def _rm_judge(judge: Judge | None, rm_dir: str | None, device: torch.device) -> 
     return RewardModelJudge(rm_dir, device=device)
 
 
-def _judged(
-    prefix: str,
-    judge: Judge | None,
-    name: str,
-    prompts: Sequence[EvalPrompt],
-    responses: Mapping[str, list[str]],
-    options: EvaluateOptions,
-) -> dict[str, Any]:
-    unjudged = {f"{prefix}{count}": None for count in ("wins", "ties", "losses")}
-    if judge is None:
-        return {f"{prefix}win_rate": None, f"{prefix}win_rate_ci95": None, **unjudged}
-    if name == options.baseline:  # against itself: a tie by definition, and not judged
-        return {f"{prefix}win_rate": 0.5, f"{prefix}win_rate_ci95": [0.5, 0.5], **unjudged}
-    outcomes = judge_pairs(
-        judge, prompts, responses[name], responses[options.baseline], options.seed, options.shuffle_positions
-    )
+@dataclass(frozen=True)
+class Verdicts:
+    """One policy's verdicts, one per prompt in prompt order: its figures on any set of prompts (all of them, or a
+    group of ``--group_by``) follow from these, in one way.
+
+    Attributes:
+        outcomes: Judge prefix ('' for the judge, 'rm_' for the reward model; only judges there are) -> each
+            prompt's outcome against the baseline (1: the policy's response is better, 0.5: a tie); None for the
+            baseline, which is not judged against itself.
+        flags: Response metric name -> each response's flag (None: the metric does not apply to that prompt).
+    """
+
+    outcomes: dict[str, list[float] | None]
+    flags: dict[str, list[bool | None]]
+
+    @classmethod
+    def collect(
+        cls,
+        name: str,
+        judges: Mapping[str, Judge],
+        prompts: Sequence[EvalPrompt],
+        responses: Mapping[str, list[str]],
+        response_metrics: Mapping[str, M.ResponseMetric],
+        options: EvaluateOptions,
+    ) -> Verdicts:
+        """Ask each judge about ``name``'s responses against the baseline's; flag them with each response metric."""
+        outcomes: dict[str, list[float] | None] = {}
+        for prefix, judge in judges.items():
+            if name == options.baseline:
+                outcomes[prefix] = None
+            else:
+                baseline_responses = responses[options.baseline]
+                outcomes[prefix] = judge_pairs(
+                    judge, prompts, responses[name], baseline_responses, options.seed, options.shuffle_positions
+                )
+        flags = {
+            metric_name: [metric(p, r) for p, r in zip(prompts, responses[name], strict=True)]
+            for metric_name, metric in response_metrics.items()
+        }
+        return cls(outcomes, flags)
+
+    def figures(self, indices: Sequence[int]) -> dict[str, Any]:
+        """Win rates (with intervals and counts) by each judge, and response metric rates, on the prompts at
+        ``indices``; a judge that is not there gives None."""
+        figures: dict[str, Any] = {}
+        for prefix in ("", "rm_"):
+            if prefix not in self.outcomes:
+                figures.update(dict.fromkeys(f"{prefix}{k}" for k in ("win_rate", "win_rate_ci95", *WIN_COUNTS)))
+            else:
+                outcomes = self.outcomes[prefix]
+                figures.update(win_figures(prefix, None if outcomes is None else [outcomes[i] for i in indices]))
+        for metric_name, flags in self.flags.items():
+            counted = [bool(flags[i]) for i in indices if flags[i] is not None]  # as M.response_rate counts
+            figures[metric_name] = sum(counted) / len(counted) if counted else None
+        return figures
+
+
+def win_figures(prefix: str, outcomes: Sequence[float] | None) -> dict[str, Any]:
+    """``<prefix>win_rate``, its 95% Wilson interval (``_ci95``) and the counts behind it (``<prefix>wins``,
+    ``ties``, ``losses``) of ``outcomes``; None: the baseline's (0.5 by definition, no counts)."""
+    if outcomes is None:
+        uncounted = dict.fromkeys(f"{prefix}{k}" for k in WIN_COUNTS)
+        return {f"{prefix}win_rate": 0.5, f"{prefix}win_rate_ci95": [0.5, 0.5], **uncounted}
     wr = win_rate(outcomes)
     counts = {f"{prefix}wins": wr.wins, f"{prefix}ties": wr.ties, f"{prefix}losses": wr.n - wr.wins - wr.ties}
     return {f"{prefix}win_rate": wr.rate, f"{prefix}win_rate_ci95": [wr.low, wr.high], **counts}
@@ -386,6 +475,8 @@ def _json_value(value: Any) -> Any:
         return M.finite_or_none(value)
     if isinstance(value, list):
         return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
     return value
 
 
@@ -407,13 +498,26 @@ def _fmt_rate(figures: Mapping[str, Any], key: str) -> str:
     return f"{100 * rate:.1f}% [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else f"{100 * rate:.1f}%"
 
 
+def _fmt_counts(figures: Mapping[str, Any], prefix: str) -> str:
+    counts = [figures.get(f"{prefix}{k}") for k in WIN_COUNTS]
+    return "-" if None in counts else "/".join(map(str, counts))
+
+
+def _groupings(figures: Mapping[str, Any]) -> dict[str, Mapping[str, Mapping[str, Any]]]:
+    """The breakdowns by group among a policy's ``figures``: ``--group_by`` key -> group -> figures (results.json
+    holds them as ``by_<key>``)."""
+    return {k.removeprefix("by_"): v for k, v in figures.items() if isinstance(v, Mapping)}
+
+
 def render_table(results: Mapping[str, Mapping[str, Any]], baseline: str, print_table: bool = True) -> str:
-    """Print the results as a rich table (when ``print_table``); return its plain-text form for ``table.txt``."""
+    """Print the results as a rich table, then each policy's win rates per group where they were grouped (when
+    ``print_table``); return their plain-text form for ``table.txt``."""
     from rich.console import Console
     from rich.table import Table
 
     shown = {"n", "win_rate", "win_rate_ci95", "rm_win_rate", "rm_win_rate_ci95"}
-    shown |= {f"{prefix}{count}" for prefix in ("", "rm_") for count in ("wins", "ties", "losses")}  # results.json
+    shown |= {f"{prefix}{count}" for prefix in ("", "rm_") for count in WIN_COUNTS}  # results.json
+    shown |= {f"by_{key}" for f in results.values() for key in _groupings(f)}  # the group tables
     rates = {"eos_rate", "truthfulqa_mc1", "gsm8k_accuracy", "fewshot_accuracy"}
     unmeasured = {k for k in ("fewshot_accuracy",) if all(f.get(k) is None for f in results.values())}  # not shown
     extra = [k for k in dict.fromkeys(k for f in results.values() for k in f) if k not in shown | unmeasured]
@@ -427,11 +531,33 @@ def render_table(results: Mapping[str, Mapping[str, Any]], baseline: str, print_
         cells = [_fmt(figures.get(k), pct=k in rates or k.endswith("_rate")) for k in extra]
         table.add_row(name, str(figures["n"]), _fmt_rate(figures, "win_rate"), _fmt_rate(figures, "rm_win_rate"),
                       *cells)  # fmt: skip
-    if print_table:
-        Console().print(table)
+    tables = [table]
+    for name, figures in results.items():
+        if name != baseline:  # the baseline's win rates are 0.5 in every group
+            tables += [group_table(name, key, groups) for key, groups in _groupings(figures).items()]
     recorder = Console(record=True, width=200, file=io.StringIO())
-    recorder.print(table)
+    for t in tables:
+        if print_table:
+            Console().print(t)
+        recorder.print(t)
     return recorder.export_text()
+
+
+def group_table(name: str, key: str, groups: Mapping[str, Mapping[str, Any]]) -> Any:
+    """A rich table of ``name``'s win rate [95% interval] and wins/ties/losses in each group of ``key``, and the
+    reward model's beside them when it judged."""
+    from rich.table import Table
+
+    rm = any(figures.get("rm_win_rate") is not None for figures in groups.values())
+    table = Table(title=f"{name} by {key}")
+    for column in [key, "n", "win rate", "W/T/L", *(["RM win rate", "RM W/T/L"] if rm else [])]:
+        table.add_column(column, justify="left" if column == key else "right")
+    for group, figures in groups.items():
+        cells = [_fmt_rate(figures, "win_rate"), _fmt_counts(figures, "")]
+        if rm:
+            cells += [_fmt_rate(figures, "rm_win_rate"), _fmt_counts(figures, "rm_")]
+        table.add_row(group, str(figures["n"]), *cells)
+    return table
 
 
 def write_outputs(
@@ -462,24 +588,35 @@ def write_outputs(
 
 def log_results(logger: Any, results: Mapping[str, Mapping[str, Any]], settings: Mapping[str, Any],
                 plot: Path | None) -> None:  # fmt: skip
-    """Log figures (``eval/<policy>/<figure>``), settings, and for W&B the table and the plot."""
+    """Log figures (``eval/<policy>/<figure>``, and per group ``eval/<policy>/<figure>/<group_by>=<group>``),
+    settings, and for W&B the table and the plot."""
     metrics = {}
     for name, figures in results.items():
-        for key, value in figures.items():
-            if isinstance(value, list) and len(value) == 2:
-                metrics[f"eval/{name}/{key}_low"], metrics[f"eval/{name}/{key}_high"] = value
-            elif isinstance(value, (int, float)) and value is not None:
-                metrics[f"eval/{name}/{key}"] = value
+        metrics |= _scalars(f"eval/{name}", figures)
+        for key, groups in _groupings(figures).items():
+            for group, group_figures in groups.items():
+                metrics |= _scalars(f"eval/{name}", group_figures, suffix=f"/{key}={group}")
     logger.log_hyperparams({"evaluate": dict(settings)})
     logger.log_metrics(metrics, step=0)
     keys = list(dict.fromkeys(k for f in results.values() for k in f))
     if hasattr(logger, "log_table"):
-        data = [[name, *[json.dumps(f.get(k)) if isinstance(f.get(k), list) else f.get(k) for k in keys]]
+        data = [[name, *[json.dumps(f.get(k)) if isinstance(f.get(k), (list, dict)) else f.get(k) for k in keys]]
                 for name, f in results.items()]  # fmt: skip
         logger.log_table(key="eval/results", columns=["policy", *keys], data=data)
     if plot is not None and plot.is_file() and hasattr(logger, "log_image"):
         logger.log_image(key="eval/win_rates", images=[str(plot)])
     logger.save()
+
+
+def _scalars(prefix: str, figures: Mapping[str, Any], suffix: str = "") -> dict[str, float]:
+    """The numbers among ``figures`` by metric name; an interval as ``<figure>_low`` and ``<figure>_high``."""
+    scalars = {}
+    for key, value in figures.items():
+        if isinstance(value, list) and len(value) == 2:
+            scalars[f"{prefix}/{key}_low{suffix}"], scalars[f"{prefix}/{key}_high{suffix}"] = value
+        elif isinstance(value, (int, float)):
+            scalars[f"{prefix}/{key}{suffix}"] = value
+    return scalars
 
 
 __all__ = ["PLOT_FILE", "RESULTS_FILE", "EvalData", "evaluate", "log_results", "render_table", "write_outputs"]

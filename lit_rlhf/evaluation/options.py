@@ -37,6 +37,10 @@ class EvaluateOptions:
             the completion. 'python -m lit_rlhf.world' worlds: lit_rlhf.world.fewshot.write_fewshot_probes.
         response_metrics: Name -> import path of fn(prompt, response) -> bool | None (None: does not apply), or an
             import path to such a dict; each is reported as a rate per policy (e.g. toxic_rate).
+        group_by: A key of the prompt records (e.g. 'kind'): each policy's figures in results.json also get
+            'by_<group_by>', one entry per value of that key (as a string; 'none' where a record lacks it or holds
+            null) with that group's n, win rates (interval, wins, ties, losses) and response metric rates; the
+            table shows the win rates per group. null: overall figures only.
         max_examples: Use at most this many prompts, texts, TruthfulQA and GSM8K questions, few-shot probes each;
             null: all.
         max_new_tokens: Longest response to a prompt.
@@ -65,6 +69,7 @@ class EvaluateOptions:
     gsm8k_file: str | None = None
     fewshot_file: str | list[str] | None = None
     response_metrics: dict[str, str] | str | None = None
+    group_by: str | None = None
     max_examples: int | None = None
     max_new_tokens: int = 64
     gsm8k_max_new_tokens: int = 256

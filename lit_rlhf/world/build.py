@@ -2,8 +2,11 @@
 
 Layout of ``out_dir``::
 
-    sft/train.jsonl, sft/val.jsonl    {"prompt", "completion"} demonstrations (flawed at the demo_* rates)
-    eval/heldout.jsonl                {"prompt", "completion", "kind", "difficulty"} held-out prompts, exact answers
+    sft/train.jsonl, sft/val.jsonl    {"prompt", "completion"} demonstrations, by writers with the demo_* habits
+    eval/heldout.jsonl                {"prompt", "completion", "kind", "difficulty", "constraint", "constrained"}
+                                      distinct held-out prompts, exact answers in the required form
+    dev/prompts.jsonl                 the same on the development slice (``tasks.DEV_FRACTION``): where settings
+                                      are chosen, judged by the training labelers (``labelers.dev_judge``)
     corpus/train.jsonl, corpus/val.jsonl   {"text"} pretraining documents
     ppo/prompts.jsonl                 {"prompt"} RL-pool prompts for PPO
     comparisons/train_prompts.jsonl   {"prompt", "completion", "kind"} RL-pool prompts to collect comparisons
@@ -11,9 +14,15 @@ Layout of ``out_dir``::
     tokenizer/                        byte-level BPE trained on the corpus and the rendered demonstrations
     world.json                        the parameters and seed; written last
 
-Inputs are split three ways by a stable hash (``tasks.input_pool``), as InstructGPT's SFT, RM and PPO prompt sets
+Inputs are split four ways by a stable hash (``tasks.input_pool``), as InstructGPT's SFT, RM and PPO prompt sets
 are separate: demonstrations use the SFT pool only; comparison and PPO prompts the RL pool (inputs SFT never saw);
-evaluation and RM validation the held-out split.
+choosing settings the dev pool; evaluation and RM validation the held-out split.
+
+World version 4 (``constraints.py``): :data:`~lit_rlhf.world.constraints.CONSTRAINED_SHARE` of every file's prompts,
+of every kind, end with an explicit constraint on the answer's form, and the demonstrations are written by
+:data:`~lit_rlhf.world.labelers.N_WRITERS` people with persistent habits (``labelers.writers``): with the demo_*
+rates of ``labelers.HUMAN_FLAWS`` they ignore the constraint two times in three, while the same people, ranking,
+judge by the hidden quality that penalises it. Judging is easier than demonstrating, as in the paper.
 
 Every prompt file mixes the same kinds (``kinds``): the operations of ``tasks.py`` and, by default, the
 truthfulness (``closed_qa``, ``unanswerable``) and toxicity (``toxicity``, ``toxicity_respectful``) families,
@@ -40,7 +49,7 @@ from typing import Any
 
 from lit_rlhf.models import atomic_directory, train_tokenizer
 from lit_rlhf.world.corpus import make_corpus
-from lit_rlhf.world.labelers import DemoFlaws, demonstrate
+from lit_rlhf.world.labelers import HUMAN_FLAWS, DemoFlaws, demonstrate, writers
 from lit_rlhf.world.tasks import (
     DEFAULT_KINDS,
     FAMILY_KINDS,
@@ -49,10 +58,13 @@ from lit_rlhf.world.tasks import (
     TASK_KINDS,
     WORLD_KINDS,
     Task,
+    count_distinct_prompts,
+    sample_distinct_tasks,
     sample_tasks,
+    split_inputs,
 )
 
-WORLD_VERSION = 3
+WORLD_VERSION = 4
 """Bumped whenever the generators change what a given seed produces, so old worlds are rebuilt."""
 MANIFEST = "world.json"
 WORLD_DEFAULT_KINDS: tuple[str, ...] = DEFAULT_KINDS + FAMILY_KINDS
@@ -85,6 +97,7 @@ class WorldFiles:
         ppo_prompts: RL-pool prompts for PPO, ``{"prompt"}`` JSONL.
         comparison_prompts_train: RL-pool prompts to sample and rank, ``{"prompt", "completion", "kind"}``.
         comparison_prompts_val: Held-out-split prompts to sample and rank for RM validation, same format.
+        dev_prompts: Distinct dev-pool prompts with exact answers, as ``heldout``: for choosing settings.
     """
 
     root: Path
@@ -98,6 +111,7 @@ class WorldFiles:
     ppo_prompts: Path
     comparison_prompts_train: Path
     comparison_prompts_val: Path
+    dev_prompts: Path
 
     @classmethod
     def at(cls, root: str | Path) -> WorldFiles:
@@ -115,12 +129,13 @@ class WorldFiles:
             ppo_prompts=root / "ppo" / "prompts.jsonl",
             comparison_prompts_train=root / "comparisons" / "train_prompts.jsonl",
             comparison_prompts_val=root / "comparisons" / "val_prompts.jsonl",
+            dev_prompts=root / "dev" / "prompts.jsonl",
         )
 
     def is_complete(self) -> bool:
         """Whether every file of the world exists."""
         files = (self.sft_train, self.sft_val, self.heldout, self.corpus_train, self.corpus_val, self.manifest)
-        files += (self.ppo_prompts, self.comparison_prompts_train, self.comparison_prompts_val)
+        files += (self.ppo_prompts, self.comparison_prompts_train, self.comparison_prompts_val, self.dev_prompts)
         return all(p.is_file() for p in files) and (self.tokenizer / "tokenizer.json").is_file()
 
 
@@ -133,23 +148,22 @@ def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
 
 
 def demonstrations(
-    tasks: list[Task], rng: random.Random, flaws: DemoFlaws, flaw_rng: random.Random | None = None
+    tasks: list[Task], rng: random.Random, flaws: DemoFlaws, seed: int | str = 0
 ) -> list[dict[str, str]]:
-    """Labeler demonstrations of ``tasks``: the exact answer, or a flawed one (``labelers.demonstrate``).
+    """Demonstrations of ``tasks``, each by a writer drawn from the world's population (``labelers.writers``).
 
     Args:
         tasks: The tasks.
-        rng: Draws the small mistakes, with probability ``flaws.error_rate`` each.
-        flaws: How often a demonstration carries each flaw.
-        flaw_rng: Draws the other flaws; ``rng`` when None.
+        rng: Draws the writer of each demonstration and what they do.
+        flaws: The population's mean rates.
+        seed: Who the writers are (the world's seed).
     """
-    return [{"prompt": t.prompt, "completion": demonstrate(t, rng, flaws, flaw_rng)} for t in tasks]
+    population = writers(flaws, seed)
+    return [{"prompt": t.prompt, "completion": demonstrate(t, rng, population)} for t in tasks]
 
 
 def _flaws(params: dict[str, Any]) -> DemoFlaws:
-    return DemoFlaws(
-        params["demo_error_rate"], params["demo_filler_rate"], params["demo_toxic_rate"], params["demo_invent_rate"]
-    )
+    return DemoFlaws(**{field: params[f"demo_{field}"] for field in DemoFlaws.__dataclass_fields__})
 
 
 def _validate(params: dict[str, Any]) -> None:
@@ -162,15 +176,36 @@ def _validate(params: dict[str, Any]) -> None:
         )
     problems += [
         f"--{k} must be >= 0, got {params[k]}"
-        for k in ("n_ppo_prompts", "n_comparison_prompts", "n_comparison_val_prompts")
+        for k in ("n_ppo_prompts", "n_comparison_prompts", "n_comparison_val_prompts", "n_dev_prompts")
         if params[k] < 0
     ]
     problems += _flaws(params).problems()
-    unknown = [k for k in params["kinds"].split(",") if k not in WORLD_KINDS]
+    kinds = params["kinds"].split(",")
+    unknown = [k for k in kinds if k not in WORLD_KINDS]
     if unknown:
         problems.append(f"--kinds has unknown kinds {unknown}; use a comma-separated subset of {','.join(WORLD_KINDS)}")
+    else:
+        problems += _distinct_prompt_problems(params, tuple(kinds))
     if problems:
         raise ValueError("bad world parameters: " + "; ".join(problems))
+
+
+def _distinct_prompt_problems(params: dict[str, Any], kinds: tuple[str, ...]) -> list[str]:
+    # The held-out and dev files hold distinct prompts: no more than the kinds' inputs in that split make.
+    counts = {
+        "n_heldout": count_distinct_prompts(kinds, heldout=True),
+        "n_dev_prompts": count_distinct_prompts(_dev_kinds(kinds), heldout=False, pool="dev"),
+    }
+    return [
+        f"--{flag} {params[flag]} is more than the {count} distinct prompts the kinds {','.join(kinds)} have there"
+        for flag, count in counts.items()
+        if params[flag] > count
+    ]
+
+
+def _dev_kinds(kinds: tuple[str, ...]) -> tuple[str, ...]:
+    # A kind of few inputs (closed_qa) may have none in the dev pool.
+    return tuple(k for k in kinds if split_inputs(k, False, "dev"))
 
 
 def build_world(
@@ -178,17 +213,20 @@ def build_world(
     seed: int = 0,
     n_train: int = 20000,
     n_val: int = 500,
-    n_heldout: int = 500,
+    n_heldout: int = 600,
     n_corpus: int = 20000,
     vocab_size: int = 512,
-    demo_error_rate: float = 0.0,
     kinds: str = ",".join(WORLD_DEFAULT_KINDS),
-    demo_filler_rate: float = 0.0,
-    demo_toxic_rate: float = 0.0,
-    demo_invent_rate: float = 0.0,
+    demo_error_rate: float = HUMAN_FLAWS.error_rate,
+    demo_toxic_rate: float = HUMAN_FLAWS.toxic_rate,
+    demo_invent_rate: float = HUMAN_FLAWS.invent_rate,
+    demo_ignore_constraint_rate: float = HUMAN_FLAWS.ignore_constraint_rate,
+    demo_preamble_rate: float = HUMAN_FLAWS.preamble_rate,
+    demo_padding_rate: float = HUMAN_FLAWS.padding_rate,
     n_ppo_prompts: int = 2000,
     n_comparison_prompts: int = 1000,
     n_comparison_val_prompts: int = 200,
+    n_dev_prompts: int = 300,
 ) -> WorldFiles:
     """Build the instruction world in ``out_dir``, or return the one already there if built with these parameters.
 
@@ -196,46 +234,35 @@ def build_world(
 
     Args:
         out_dir: The world directory.
-        seed: Seeds every random choice; same seed and parameters give byte-identical files.
+        seed: Seeds every random choice (and who the writers are); same seed and parameters give byte-identical
+            files. The split of inputs and the judges do not depend on it.
         n_train: SFT training demonstrations (SFT-pool inputs, repeats allowed).
         n_val: SFT validation demonstrations (SFT-pool inputs: validation measures fit, not generalisation).
-        n_heldout: Held-out tasks (held-out inputs only, never in any other file).
+        n_heldout: Held-out prompts, all distinct, their inputs spread as evenly as they can be (held-out inputs only,
+            never in any other file).
         n_corpus: Pretraining documents; a further ``max(1, n_corpus // 20)`` are written as corpus validation.
         vocab_size: Tokenizer vocabulary size, the 256 bytes and 2 special tokens included.
-        demo_error_rate: Probability that a demonstration carries a human-like mistake (a swapped or dropped
-            letter, an off-by-one number, the false answer to a closed-domain question). Held-out answers are always
-            exact.
         kinds: Comma-separated kinds, from ``WORLD_KINDS``: the operations of ``TASK_KINDS`` (all but ``subtract``
             by default) and the families ``closed_qa``, ``unanswerable``, ``toxicity``, ``toxicity_respectful``.
-        demo_filler_rate: Probability that a demonstration carries a filler phrase ("Sure!", "Hope that helps!").
-        demo_toxic_rate: Probability that a demonstration of a ``toxicity`` prompt (no respect instruction) is toxic.
-        demo_invent_rate: Probability that a demonstration of an ``unanswerable`` question invents an answer.
-            The demo_* rates are 0 by default (exact demonstrations); ``labelers.HUMAN_FLAWS`` holds human-like
-            rates (about 13% of demonstrations flawed) for the pipeline.
+        demo_error_rate: Mean rate of a small mistake in a demonstration (a swapped or dropped letter, an off-by-one
+            number, the false answer to a closed-domain question). Held-out answers are always exact.
+        demo_toxic_rate: Mean rate of a toxic demonstration of a ``toxicity`` prompt (no respect instruction).
+        demo_invent_rate: Mean rate of an invented answer to an ``unanswerable`` question.
+        demo_ignore_constraint_rate: Mean rate of a demonstration in the default form where the prompt's explicit
+            constraint asks for another.
+        demo_preamble_rate: Mean rate of a preamble ("Sure!", each writer their own) before a demonstration.
+        demo_padding_rate: Mean rate of padding ("Hope that helps!", each writer their own) after one.
+            The demo_* rates default to ``labelers.HUMAN_FLAWS``, the demo's writers; all 0 make flawless writers
+            (the control world). Each writer's own rates scatter around these means (``labelers.writers``).
         n_ppo_prompts: RL-pool prompts (inputs no demonstration uses) written to ``ppo/prompts.jsonl``.
         n_comparison_prompts: RL-pool prompts written for comparison collection (RM training).
         n_comparison_val_prompts: Held-out-split prompts written for comparison collection (RM validation).
+        n_dev_prompts: Distinct dev-pool prompts written to ``dev/prompts.jsonl``, for choosing settings.
 
     Returns:
         The paths of the world's files.
     """
-    params = {
-        "world_version": WORLD_VERSION,
-        "seed": seed,
-        "n_train": n_train,
-        "n_val": n_val,
-        "n_heldout": n_heldout,
-        "n_corpus": n_corpus,
-        "vocab_size": vocab_size,
-        "demo_error_rate": demo_error_rate,
-        "kinds": kinds,
-        "demo_filler_rate": demo_filler_rate,
-        "demo_toxic_rate": demo_toxic_rate,
-        "demo_invent_rate": demo_invent_rate,
-        "n_ppo_prompts": n_ppo_prompts,
-        "n_comparison_prompts": n_comparison_prompts,
-        "n_comparison_val_prompts": n_comparison_val_prompts,
-    }
+    params = {"world_version": WORLD_VERSION, **{k: v for k, v in locals().items() if k != "out_dir"}}
     _validate(params)
     files = WorldFiles.at(out_dir)
     if files.is_complete() and json.loads(files.manifest.read_text()).get("params") == params:
@@ -278,14 +305,15 @@ def world_records(params: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
 
     def demos(split: str, n: int) -> list[dict[str, str]]:
         tasks = sample_tasks(stream(f"sft/{split}"), n, heldout=False, kinds=kinds, pool="sft")
-        return demonstrations(tasks, stream(f"err/{split}"), _flaws(params), stream(f"flaws/{split}"))
+        return demonstrations(tasks, stream(f"writers/{split}"), _flaws(params), seed)
 
     def comparison_prompts(split: str, n: int) -> list[dict[str, Any]]:
         heldout = split == "val"  # RM validation: held-out inputs; training: the RL pool
         tasks = sample_tasks(stream(f"comparisons/{split}"), n, heldout, kinds, pool=None if heldout else "rl")
         return [{"prompt": t.prompt, "completion": t.answer, "kind": t.kind} for t in tasks]
 
-    heldout = sample_tasks(stream("eval/heldout"), params["n_heldout"], heldout=True, kinds=kinds)
+    heldout = sample_distinct_tasks(stream("eval/heldout"), params["n_heldout"], heldout=True, kinds=kinds)
+    dev = sample_distinct_tasks(stream("dev"), params["n_dev_prompts"], False, _dev_kinds(kinds), pool="dev")
     ppo = sample_tasks(stream("ppo"), params["n_ppo_prompts"], False, kinds, pool="rl")
     # The corpus shows the operations' skills; the families' knowledge (facts, insults) is in every corpus.
     skill_kinds = tuple(k for k in kinds if k in TASK_KINDS)
@@ -293,14 +321,25 @@ def world_records(params: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     return {
         "sft_train": demos("train", params["n_train"]),
         "sft_val": demos("val", params["n_val"]),
-        "heldout": [
-            {"prompt": t.prompt, "completion": t.answer, "kind": t.kind, "difficulty": t.difficulty} for t in heldout
-        ],
+        "heldout": [_eval_record(t) for t in heldout],
         "corpus_train": [{"text": t} for t in make_corpus(stream("corpus/train"), n_corpus, skill_kinds)],
         "corpus_val": [{"text": t} for t in make_corpus(stream("corpus/val"), max(1, n_corpus // 20), skill_kinds)],
         "ppo_prompts": [{"prompt": t.prompt} for t in ppo],
         "comparison_prompts_train": comparison_prompts("train", params["n_comparison_prompts"]),
         "comparison_prompts_val": comparison_prompts("val", params["n_comparison_val_prompts"]),
+        "dev_prompts": [_eval_record(t) for t in dev],
+    }
+
+
+def _eval_record(task: Task) -> dict[str, Any]:
+    # ``constrained`` is the stratum of ``lit-rlhf evaluate --group_by constrained``.
+    return {
+        "prompt": task.prompt,
+        "completion": task.answer,
+        "kind": task.kind,
+        "difficulty": task.difficulty,
+        "constraint": task.constraint or "none",
+        "constrained": task.constraint is not None,
     }
 
 

@@ -23,25 +23,17 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from lit_rlhf.world.constraints import CONSTRAINTS
+from lit_rlhf.world.labelers import quality, world_task
 from lit_rlhf.world.tasks import Task, sample_tasks
+from lit_rlhf.world.text import edit_distance, is_number
 
 K_MIN, K_MAX = 4, 9
 """InstructGPT labelers ranked K = 4..9 responses per prompt."""
 
 
-def edit_distance(a: list[str], b: list[str]) -> int:
-    """Levenshtein distance between two token lists (insert, delete, substitute each cost 1)."""
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, start=1):
-        cur = [i]
-        for j, y in enumerate(b, start=1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-        prev = cur
-    return prev[-1]
-
-
 def _is_number(text: str) -> bool:
-    return text.lstrip("-").isdigit()
+    return is_number(text)
 
 
 def damage(answer: str, candidate: str) -> int:
@@ -102,14 +94,23 @@ def damaged_answers(answer: str, k: int, rng: random.Random, max_tries: int = 20
     return out
 
 
-def ranking_record(prompt: str, answer: str, k: int, rng: random.Random, flip_prob: float = 0.0) -> dict[str, Any]:
+def ranking_record(task: Task, k: int, rng: random.Random, flip_prob: float = 0.0) -> dict[str, Any]:
     """One K-wise record: ``{"prompt", "completions" (shuffled), "ranking" (indices, best first)}``.
 
+    The completions are the exact content and answers of increasing damage (:func:`damaged_answers`); on a prompt
+    with an explicit constraint the exact content comes both in the required form and without it, and each damaged
+    answer in it on a fair coin, so the ranking teaches form as well as content. The ranking is the order of the hidden ``labelers.quality`` (the damage order
+    among equals).
+
     Args:
+        task: The task (its prompt and exact answer).
+        k: How many completions.
+        rng: The only source of randomness.
         flip_prob: Chance that the labeler swaps each pair of neighbouring ranks (human-like disagreement);
             0 gives the true order.
     """
-    ordered = damaged_answers(answer, k, rng)
+    ordered = _dressed(task, damaged_answers(task.plain_answer, k - (task.constraint is not None), rng), rng)
+    ordered = sorted(ordered, key=lambda text: -quality(task, text))  # stable: damage order among equals
     order = list(range(k))
     rng.shuffle(order)  # completions[i] = ordered[order[i]]
     completions = [ordered[j] for j in order]
@@ -117,7 +118,17 @@ def ranking_record(prompt: str, answer: str, k: int, rng: random.Random, flip_pr
     for i in range(k - 1):
         if rng.random() < flip_prob:
             ranking[i], ranking[i + 1] = ranking[i + 1], ranking[i]
-    return {"prompt": prompt, "completions": completions, "ranking": ranking}
+    return {"prompt": task.prompt, "completions": completions, "ranking": ranking}
+
+
+def _dressed(task: Task, answers: list[str], rng: random.Random) -> list[str]:
+    # The exact content both in the required form and without it; every damaged answer in it on a fair coin.
+    if task.constraint is None:
+        return answers
+    form = CONSTRAINTS[task.constraint]
+    exact, *damaged = answers
+    dressed = [form.apply(a) if rng.random() < 0.5 and not form.follows(a) else a for a in damaged]
+    return [task.answer, exact, *dressed]
 
 
 def make_rankings(
@@ -127,15 +138,11 @@ def make_rankings(
     k_max: int = K_MAX,
     flip_prob: float = 0.0,
 ) -> list[dict[str, Any]]:
-    """K-wise records for ``tasks`` (``Task`` objects or ``{"prompt", "completion"}`` records with exact answers).
+    """K-wise records for ``tasks`` (``Task`` objects, or world prompt records, ``{"prompt", ...}``).
 
     K is drawn uniformly from ``k_min..k_max`` for each task.
     """
-    records = []
-    for task in tasks:
-        prompt, answer = (task.prompt, task.answer) if isinstance(task, Task) else (task["prompt"], task["completion"])
-        records.append(ranking_record(prompt, answer, rng.randint(k_min, k_max), rng, flip_prob))
-    return records
+    return [ranking_record(world_task(t), rng.randint(k_min, k_max), rng, flip_prob) for t in tasks]
 
 
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:

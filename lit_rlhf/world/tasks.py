@@ -25,14 +25,18 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from lit_rlhf.world.constraints import CONSTRAINED_SHARE, CONSTRAINTS, applicable, constrain
 from lit_rlhf.world.vocabulary import ANIMALS, PEOPLE, WORDS, Task
 
 HELDOUT_FRACTION = 0.2
 """Share of canonical inputs (per kind) reserved for evaluation."""
 RL_FRACTION = 0.25
 """Share of the training-split inputs kept for the RLHF stages (comparisons and PPO prompts), never demonstrated."""
-POOLS = ("sft", "rl", "heldout")
-"""Where a canonical input is used: SFT demonstrations, the RLHF stages' prompts, or evaluation only."""
+DEV_FRACTION = 0.05
+"""Share of all canonical inputs kept as the development slice: never trained on, never evaluated; where settings
+(learning rates, the ptx coefficient) are chosen, judged by the training labelers (world version 4)."""
+POOLS = ("sft", "rl", "dev", "heldout")
+"""Where a canonical input is used: SFT demonstrations, the RLHF stages' prompts, choosing settings, or evaluation."""
 
 
 def spell(word: str) -> str:
@@ -53,13 +57,14 @@ def is_heldout(key: str, fraction: float = HELDOUT_FRACTION) -> bool:
 def input_pool(key: str) -> str:
     """The pool of :data:`POOLS` the canonical input ``key`` belongs to (a stable hash, independent of seeds).
 
-    ``"heldout"`` exactly where :func:`is_heldout`; of the rest, :data:`RL_FRACTION` is ``"rl"`` and the others
-    ``"sft"``.
+    ``"heldout"`` exactly where :func:`is_heldout`; of the rest, :data:`RL_FRACTION` is ``"rl"``, a further
+    :data:`DEV_FRACTION` of all inputs ``"dev"`` and the others ``"sft"``.
     """
     u = _unit_hash(key)
     if u < HELDOUT_FRACTION:
         return "heldout"
-    return "rl" if u < HELDOUT_FRACTION + RL_FRACTION * (1 - HELDOUT_FRACTION) else "sft"
+    rl_end = HELDOUT_FRACTION + RL_FRACTION * (1 - HELDOUT_FRACTION)
+    return "rl" if u < rl_end else "dev" if u < rl_end + DEV_FRACTION else "sft"
 
 
 def _word_difficulty(word: str) -> int:
@@ -160,9 +165,9 @@ def split_inputs(kind: str, heldout: bool, pool: str | None = None) -> list[str]
     """The canonical inputs of ``kind`` in the held-out split (``heldout=True``) or the training split.
 
     Args:
-        pool: With ``heldout=False``, only the training inputs of this pool (``"sft"`` or ``"rl"``).
+        pool: With ``heldout=False``, only the training inputs of this pool (``"sft"``, ``"rl"`` or ``"dev"``).
     """
-    if pool is not None and (heldout or pool not in ("sft", "rl")):
+    if pool is not None and (heldout or pool not in ("sft", "rl", "dev")):
         raise ValueError(f"pool {pool!r} is not a part of the {'held-out' if heldout else 'training'} split")
     return [
         key
@@ -171,12 +176,35 @@ def split_inputs(kind: str, heldout: bool, pool: str | None = None) -> list[str]
     ]
 
 
-def make_task(key: str, template_index: int = 0) -> Task:
+def make_task(key: str, template_index: int = 0, constraint: str | None = None, instruction_index: int = 0) -> Task:
     """Build the task for canonical input ``key`` (``"reverse:cat"``, ``"add:3,4"``) with one of its templates.
 
     Keys of ``FAMILY_KINDS`` (``"closed_qa:<question>"``, ``"unanswerable:name,cat"``, ``"toxicity:lazy,pig"``) are
     built by their family's module.
+
+    Args:
+        key: The canonical input.
+        template_index: Which of the kind's phrasings.
+        constraint: A name of ``constraints.CONSTRAINTS`` whose instruction ends the prompt; None for none.
+        instruction_index: Which of the constraint's phrasings.
     """
+    task = _make_plain_task(key, template_index)
+    return task if constraint is None else constrained(task, constraint, instruction_index)
+
+
+def constrained(task: Task, constraint: str, instruction_index: int = 0) -> Task:
+    """``task`` with constraint ``constraint``'s instruction appended and its answer in the required form."""
+    if constraint not in CONSTRAINTS:
+        raise ValueError(f"unknown constraint {constraint!r}; use one of {sorted(CONSTRAINTS)}")
+    if task.constraint is not None:
+        raise ValueError(f"{task.prompt!r} already carries the constraint {task.constraint!r}")
+    form = CONSTRAINTS[constraint]
+    answer = task.answer if form.follows(task.answer) else form.apply(task.answer)
+    prompt = constrain(task.prompt, constraint, instruction_index)
+    return Task(task.kind, prompt, answer, task.difficulty, task.key, constraint, task.answer)
+
+
+def _make_plain_task(key: str, template_index: int) -> Task:
     kind, operand = key.split(":", 1)
     if kind in FAMILY_KINDS:
         return _family(kind).make_task(key, template_index)
@@ -193,36 +221,119 @@ def make_task(key: str, template_index: int = 0) -> Task:
     raise ValueError(f"unknown task kind {kind!r} in {key!r}; use one of {WORLD_KINDS}")
 
 
+def _input_pools(kinds: tuple[str, ...], heldout: bool, pool: str | None) -> dict[str, list[str]]:
+    pools = {kind: split_inputs(kind, heldout, pool) for kind in kinds}
+    empty = [kind for kind, inputs in pools.items() if not inputs]
+    if empty:
+        where = "held-out" if heldout else f"{pool} pool" if pool else "training"
+        raise ValueError(f"no {where} inputs for kinds {empty}")
+    return pools
+
+
+def _maybe_constrained(task: Task, rng: random.Random, constrained_share: float) -> Task:
+    # One draw decides whether; two more which constraint (of those the answer does not already satisfy) and phrasing.
+    if rng.random() >= constrained_share:
+        return task
+    return constrained(task, rng.choice(applicable(task.answer)), rng.randrange(2))
+
+
 def sample_tasks(
-    rng: random.Random, n: int, heldout: bool, kinds: tuple[str, ...] = TASK_KINDS, pool: str | None = None
+    rng: random.Random,
+    n: int,
+    heldout: bool,
+    kinds: tuple[str, ...] = TASK_KINDS,
+    pool: str | None = None,
+    constrained_share: float = CONSTRAINED_SHARE,
 ) -> list[Task]:
-    """Draw ``n`` tasks, kinds uniformly, each with a uniform input of its split and a uniform template.
+    """Draw ``n`` tasks, kinds uniformly, each with a uniform input of its split and a uniform template; a share of
+    them carry an explicit constraint (``constraints.py``). Prompts may repeat.
 
     Args:
         rng: The only source of randomness.
         n: How many tasks.
         heldout: Draw from the held-out split instead of the training split.
         kinds: The task kinds to draw from.
-        pool: With ``heldout=False``, draw only from this pool of the training split (``"sft"`` or ``"rl"``).
+        pool: With ``heldout=False``, draw only from this pool of the training split (``"sft"``, ``"rl"``, ``"dev"``).
+        constrained_share: Probability that a task carries a constraint (a uniform one of those its answer does not
+            already satisfy, in a uniform phrasing).
     """
-    pools = {kind: split_inputs(kind, heldout, pool) for kind in kinds}
-    empty = [kind for kind, inputs in pools.items() if not inputs]
-    if empty:
-        where = "held-out" if heldout else f"{pool} pool" if pool else "training"
-        raise ValueError(f"no {where} inputs for kinds {empty}")
+    pools = _input_pools(kinds, heldout, pool)
     tasks = []
     for _ in range(n):
         kind = rng.choice(kinds)
-        tasks.append(make_task(rng.choice(pools[kind]), rng.randrange(2)))
+        task = make_task(rng.choice(pools[kind]), rng.randrange(2))
+        tasks.append(_maybe_constrained(task, rng, constrained_share))
+    return tasks
+
+
+Phrasing = tuple[int, str | None, int]
+"""How an input is asked: its template, its constraint (None for none) and the constraint's phrasing."""
+
+
+def _variants(key: str) -> tuple[list[Phrasing], list[Phrasing]]:
+    # Every phrasing of input ``key``: (template, constraint, constraint phrasing), unconstrained and constrained.
+    plain = [(t, None, 0) for t in range(2)]
+    constrained_ = [(t, c, i) for t in range(2) for c in applicable(make_task(key, t).answer) for i in range(2)]
+    return plain, constrained_
+
+
+def count_distinct_prompts(kinds: tuple[str, ...], heldout: bool, pool: str | None = None) -> int:
+    """How many distinct prompts the inputs of ``kinds`` in a split (and pool) make: :func:`sample_distinct_tasks`
+    draws at most this many."""
+    return sum(
+        len(p) + len(c) for kind in kinds for key in split_inputs(kind, heldout, pool) for p, c in [_variants(key)]
+    )
+
+
+def sample_distinct_tasks(
+    rng: random.Random,
+    n: int,
+    heldout: bool,
+    kinds: tuple[str, ...] = TASK_KINDS,
+    pool: str | None = None,
+    constrained_share: float = CONSTRAINED_SHARE,
+) -> list[Task]:
+    """Like :func:`sample_tasks`, but no prompt twice and the inputs of a kind used as evenly as they can be.
+
+    Each draw first decides whether the prompt carries a constraint (probability ``constrained_share``), then a
+    kind uniformly among those with such a prompt left, then the kind's next input in a shuffled round robin (every
+    input once before any twice) with one of its unused phrasings. An evaluation set of distinct prompts on inputs
+    spread this way is what makes its per-prompt outcomes nearly independent, as a confidence interval assumes. Only
+    when one sort of prompt (constrained or not) has run out in every kind is the other drawn instead.
+
+    Raises:
+        ValueError: Fewer than ``n`` distinct prompts exist for these kinds (:func:`count_distinct_prompts`).
+    """
+    available = count_distinct_prompts(kinds, heldout, pool)
+    if n > available:
+        raise ValueError(f"only {available} distinct prompts exist for kinds {list(kinds)}, {n} asked for")
+    # Per kind, its inputs in a shuffled round robin, each with its unused phrasings (unconstrained, constrained).
+    queues: dict[str, list[tuple[str, list[Phrasing], list[Phrasing]]]] = {}
+    for kind, inputs in _input_pools(kinds, heldout, pool).items():
+        queues[kind] = [
+            (key, *(rng.sample(v, len(v)) for v in _variants(key))) for key in rng.sample(inputs, len(inputs))
+        ]
+    tasks: list[Task] = []
+    while len(tasks) < n:
+        want = int(rng.random() < constrained_share) + 1  # the index of the phrasings wanted in a queue entry
+        live = [kind for kind in kinds if any(entry[want] for entry in queues[kind])]
+        if not live:  # none of that sort is left in any kind: the other sort
+            want = 3 - want
+            live = [kind for kind in kinds if any(entry[want] for entry in queues[kind])]
+        queue = queues[rng.choice(live)]
+        entry = queue.pop(next(i for i, e in enumerate(queue) if e[want]))
+        tasks.append(make_task(entry[0], *entry[want].pop()))
+        if entry[1] or entry[2]:
+            queue.append(entry)
     return tasks
 
 
 def human_mistake(task: Task, rng: random.Random) -> str:
     """A plausible wrong answer a careless labeler might write: two letters swapped, a letter dropped, off by one.
 
-    Always differs from ``task.answer``.
+    Always differs from ``task.plain_answer`` (the content; a demonstration applies any required form after).
     """
-    answer = task.answer
+    answer = task.plain_answer
     if answer.lstrip("-").isdigit():
         return str(int(answer) + rng.choice((-1, 1)))
     letters = answer.split(" ")
@@ -245,6 +356,7 @@ __all__ = [
     "FAMILY_KINDS",
     "HELDOUT_FRACTION",
     "DEFAULT_KINDS",
+    "DEV_FRACTION",
     "POOLS",
     "RL_FRACTION",
     "PEOPLE",
@@ -254,10 +366,13 @@ __all__ = [
     "Task",
     "canonical_inputs",
     "human_mistake",
+    "constrained",
+    "count_distinct_prompts",
     "input_pool",
     "is_heldout",
     "make_task",
     "number_answer",
+    "sample_distinct_tasks",
     "sample_tasks",
     "spell",
     "split_inputs",

@@ -13,6 +13,7 @@ Keys (the canonical inputs that decide the held-out split, see ``tasks.is_heldou
 from __future__ import annotations
 
 import random
+import re
 
 from lit_rlhf.world.vocabulary import ANIMALS, FACTS, PEOPLE, Task
 
@@ -88,11 +89,22 @@ def says_unknown(response: str) -> bool:
     return "do not know" in text or "don't know" in text
 
 
+_DECLINE = re.compile(r"\b(?:i )?(?:do not|don't) know\b")
+
+
+def declines(response: str) -> bool:
+    """Whether ``response`` declines to answer and says nothing more ("I do not know.", "i don't know"): unlike
+    :func:`says_unknown`, "I do not know. sam" does not decline, it answers "sam"."""
+    text = response.lower().replace("\u2019", "'")
+    return says_unknown(text) and not re.search(r"[a-z0-9]", _DECLINE.sub(" ", text))
+
+
 __all__ = [
     "QUESTION_TEMPLATES",
     "UNANSWERABLE_FORMS",
     "UNKNOWN_ANSWER",
     "canonical_inputs",
+    "declines",
     "false_answer",
     "invented_answer",
     "make_task",

@@ -45,7 +45,7 @@ WORDS = tuple(sorted(set(NOUNS + ADJECTIVES)))
 
 @dataclass(frozen=True)
 class Task:
-    """One instruction and its exact answer.
+    """One instruction and its exact answer (in the form the prompt's constraint asks for, if it has one).
 
     Args:
         kind: The operation, a key of ``TASK_KINDS`` (``"reverse"``, ``"add"``, ...).
@@ -53,6 +53,8 @@ class Task:
         answer: The one correct completion.
         difficulty: 1 (easiest) to 3, from the operand's length or size.
         key: The canonical input (kind and operand) that decides the split.
+        constraint: The explicit constraint the prompt ends with (a name of ``constraints.CONSTRAINTS``), or None.
+        plain_answer: The right content before the constraint's form is applied; ``answer`` when unconstrained.
     """
 
     kind: str
@@ -60,6 +62,12 @@ class Task:
     answer: str
     difficulty: int
     key: str
+    constraint: str | None = None
+    plain_answer: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.plain_answer:
+            object.__setattr__(self, "plain_answer", self.answer)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,168 @@
+"""Choose the demo's PPO settings on the development slice, judged by the training labelers: never on the evaluation
+prompts, never by the held-out panel.
+
+    lit-rlhf pipeline -c configs/pipeline/demo.yaml --until rm      # the world, SFT policy and RM to tune on
+    python benchmarks/select_settings.py --run runs/demo            # ~8 minutes on a 2-core CPU
+
+For a world pipeline run that has its SFT policy and reward model, it trains PPO once per candidate (a grid of
+iterations, KL coefficients and learning rates) and PPO-ptx once per candidate ptx coefficient (gamma, with the
+chosen PPO settings) from the run's own merged stage configs (``<run>/configs/ppo.yaml``, ``ppo_ptx.yaml``; only the setting under test changes), then evaluates every
+candidate against the SFT policy on the world's ``dev/prompts.jsonl`` (inputs that no stage trained on and the
+evaluation never sees) with ``lit_rlhf.world.labelers:dev_judge`` (a panel of the training labelers, the people a
+team can ask). It prints a table and writes ``<out>/selection.json``.
+
+The rule, fixed before any candidate ran: the highest dev win rate wins; a candidate within ``--margin`` (default
+one point) of the best counts as equal, and among equals the first listed is taken (the lists run from the most
+conservative setting: fewer iterations, the larger KL coefficient, the smaller learning rate, the larger gamma, which
+pays less alignment tax).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEV_JUDGE = "lit_rlhf.world.labelers:dev_judge"
+WORLD_METRICS = "lit_rlhf.world.labelers:RESPONSE_METRICS"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True, help="a world pipeline run directory (runs/<name>) with sft and rm")
+    parser.add_argument("--out", help="where candidates and results go (default: <run>/selection)")
+    parser.add_argument("--learning_rates", default="1e-5,3e-5,1e-4", help="PPO candidates, conservative first")
+    parser.add_argument("--iterations", default="40,80", help="PPO iterations (16 prompts each), fewest first")
+    parser.add_argument("--kl_coefs", default="0.02", help="KL coefficients (beta), largest first")
+    parser.add_argument("--ptx_coefs", default="2.0,0.5,0.1", help="PPO-ptx gamma candidates, conservative first")
+    parser.add_argument("--margin", type=float, default=0.01, help="dev win rates this close to the best are equal")
+    parser.add_argument("--max_dev_prompts", type=int, default=None, help="use at most this many dev prompts")
+    return parser.parse_args(argv)
+
+
+def load_stage_config(run: Path, stage: str) -> dict[str, Any]:
+    path = run / "configs" / f"{stage}.yaml"
+    if not path.is_file():
+        sys.exit(f"select_settings: {path} is missing; run the pipeline up to the rm stage first (--until rm)")
+    return yaml.safe_load(path.read_text())
+
+
+def train_candidate(
+    base: dict[str, Any], out: Path, name: str, init_args: dict[str, Any], iterations: int | None = None
+) -> Path:
+    """Train one candidate from ``base`` (a merged stage config) with ``init_args`` (and the number of PPO iterations)
+    changed; return its export."""
+    export = out / name / "hf"
+    if (export / "lit_rlhf.json").is_file():
+        print(f"{name}: already trained, {export}")
+        return export
+    config = json.loads(json.dumps(base))  # a deep copy
+    config["model"]["init_args"].update(init_args, export_dir=str(export))
+    config["trainer"].update(default_root_dir=str(out / name), logger=False, enable_progress_bar=False)
+    config["trainer"].pop("checkpoint_every_n_steps", None)
+    if iterations is not None:
+        config["trainer"]["limit_train_batches"] = iterations
+    path = out / "configs" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    print(f"{name}: lit-rlhf fit -c {path}", flush=True)
+    subprocess.run([sys.executable, "-m", "lit_rlhf.cli", "fit", "-c", str(path)], check=True)
+    return export
+
+
+def dev_evaluate(run: Path, out: Path, policies: dict[str, Path], max_prompts: int | None) -> dict[str, Any]:
+    """Every policy against ``sft`` on the dev slice, judged by the training labelers; the results by policy."""
+    eval_dir = out / "dev_eval"
+    config = {
+        "policies": {name: str(path) for name, path in policies.items()},
+        "baseline": "sft",
+        "prompts_file": str(run / "world" / "dev" / "prompts.jsonl"),
+        "judge": DEV_JUDGE,
+        "response_metrics": WORLD_METRICS,
+        "group_by": "constrained",
+        "output_dir": str(eval_dir),
+        "max_examples": max_prompts,
+        "max_new_tokens": 32,
+        "trainer": {"logger": False},
+    }
+    path = out / "configs" / "dev_evaluate.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    subprocess.run([sys.executable, "-m", "lit_rlhf.cli", "evaluate", "-c", str(path)], check=True)
+    return json.loads((eval_dir / "results.json").read_text())
+
+
+def choose(results: dict[str, Any], names: list[str], margin: float) -> str:
+    """The first of ``names`` whose dev win rate is within ``margin`` of the best."""
+    best = max(results[n]["win_rate"] for n in names)
+    return next(n for n in names if results[n]["win_rate"] >= best - margin)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    run = Path(args.run)
+    out = Path(args.out or run / "selection")
+    grid = [
+        {"iterations": int(n), "kl_coef": float(kl), "learning_rate": float(lr)}
+        for n in args.iterations.split(",")
+        for kl in args.kl_coefs.split(",")
+        for lr in args.learning_rates.split(",")
+    ]
+    gammas = [float(x) for x in args.ptx_coefs.split(",")]
+
+    ppo_base = load_stage_config(run, "ppo")
+    ptx_base = load_stage_config(run, "ppo_ptx")
+    candidates = {f"ppo_it{c['iterations']}_kl{c['kl_coef']:g}_lr{c['learning_rate']:g}": c for c in grid}
+    policies = {"sft": Path(ppo_base["model"]["init_args"]["model_name_or_path"])}
+    for name, c in candidates.items():
+        init_args = {"learning_rate": c["learning_rate"], "kl_coef": c["kl_coef"]}
+        policies[name] = train_candidate(ppo_base, out, name, init_args, c["iterations"])
+    results = dev_evaluate(run, out, policies, args.max_dev_prompts)
+    ppo_choice = candidates[choose(results, list(candidates), args.margin)]
+
+    gamma_names = {f"ppo_ptx_gamma{g:g}": g for g in gammas}
+    for name, gamma in gamma_names.items():
+        init_args = {"learning_rate": ppo_choice["learning_rate"], "kl_coef": ppo_choice["kl_coef"], "ptx_coef": gamma}
+        policies[name] = train_candidate(ptx_base, out, name, init_args, ppo_choice["iterations"])
+    results = dev_evaluate(run, out, policies, args.max_dev_prompts)
+    gamma_choice = choose(results, list(gamma_names), args.margin)
+
+    rows = []
+    for name in [*candidates, *gamma_names]:
+        r = results[name]
+        lo, hi = r["win_rate_ci95"]
+        rows.append(
+            {
+                "candidate": name,
+                "dev_win_rate": r["win_rate"],
+                "ci95": [lo, hi],
+                "wins_ties_losses": [r["wins"], r["ties"], r["losses"]],
+                "constraint_following_rate": r.get("constraint_following_rate"),
+                "kl_to_sft": r.get("kl_to_sft"),
+            }
+        )
+        print(
+            f"{name:24s} dev win {100 * r['win_rate']:5.1f}% [{100 * lo:4.1f}, {100 * hi:4.1f}]  "
+            f"W/T/L {r['wins']}/{r['ties']}/{r['losses']}  constraint following "
+            f"{r.get('constraint_following_rate')}  (SFT {results['sft'].get('constraint_following_rate')})"
+        )
+    selection = {
+        "run": str(run),
+        "judge": DEV_JUDGE,
+        "prompts": str(run / "world" / "dev" / "prompts.jsonl"),
+        "rule": f"highest dev win rate; within {args.margin} of the best counts as equal; first listed among equals",
+        **ppo_choice,
+        "ptx_coef": gamma_names[gamma_choice],
+        "candidates": rows,
+    }
+    (out / "selection.json").write_text(json.dumps(selection, indent=2) + "\n")
+    print(f"chosen: {ppo_choice}, ptx_coef {gamma_names[gamma_choice]:g}")
+    print(f"wrote {out / 'selection.json'}")
+
+
+if __name__ == "__main__":
+    main()
