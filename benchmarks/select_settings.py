@@ -1,15 +1,17 @@
 """Choose the demo's PPO settings on the development slice, judged by the training labelers: never on the evaluation
 prompts, never by the held-out panel.
 
-    lit-rlhf pipeline -c configs/pipeline/demo.yaml --until rm      # the world, SFT policy and RM to tune on
-    python benchmarks/select_settings.py --run runs/demo            # ~8 minutes on a 2-core CPU
+    python benchmarks/select_settings.py --name demo-seed0        # runs/demo-seed0; ~12 minutes on a 2-core CPU
 
-For a world pipeline run that has its SFT policy and reward model, it trains PPO once per candidate (a grid of
-iterations, KL coefficients and learning rates) and PPO-ptx once per candidate ptx coefficient (gamma, with the
-chosen PPO settings) from the run's own merged stage configs (``<run>/configs/ppo.yaml``, ``ppo_ptx.yaml``; only the setting under test changes), then evaluates every
-candidate against the SFT policy on the world's ``dev/prompts.jsonl`` (inputs that no stage trained on and the
+It runs the pipeline (``-c configs/pipeline/demo.yaml`` unless ``--config`` says otherwise; with ``--seed``,
+``--name`` and ``--runs_dir``) up to its reward model, skipping the stages already done. Then it measures how often
+greedy SFT shows each of the writers' habits on the world's ``dev/prompts.jsonl`` (ignoring a constraint, a
+preamble, padding: a habit greedy SFT does not reproduce gives PPO nothing to win), trains PPO once per candidate
+(a grid of iterations, KL coefficients and learning rates) and PPO-ptx once per candidate ptx coefficient (gamma,
+with the chosen PPO settings) from the pipeline's own PPO stage configs, only the setting under test changed, and
+evaluates every candidate against the SFT policy on the dev prompts (inputs that no stage trained on and the
 evaluation never sees) with ``lit_rlhf.world.labelers:dev_judge`` (a panel of the training labelers, the people a
-team can ask). It prints a table and writes ``<out>/selection.json``.
+team can ask). It prints a table and writes ``<run>/selection/selection.json``.
 
 The rule, fixed before any candidate ran: the highest dev win rate wins; a candidate within ``--margin`` (default
 one point) of the best counts as equal, and among equals the first listed is taken (the lists run from the most
@@ -28,28 +30,49 @@ from typing import Any
 
 import yaml
 
+from lit_rlhf.pipeline import StageSpec, WorldPipeline
+
 DEV_JUDGE = "lit_rlhf.world.labelers:dev_judge"
 WORLD_METRICS = "lit_rlhf.world.labelers:RESPONSE_METRICS"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", required=True, help="a world pipeline run directory (runs/<name>) with sft and rm")
-    parser.add_argument("--out", help="where candidates and results go (default: <run>/selection)")
-    parser.add_argument("--learning_rates", default="1e-5,3e-5,1e-4", help="PPO candidates, conservative first")
+    parser.add_argument("--config", action="append", help="pipeline configs, in order (default: the demo's)")
+    parser.add_argument("--name", default="demo", help="the pipeline run's name")
+    parser.add_argument("--runs_dir", default="runs")
+    parser.add_argument("--seed", type=int, default=None, help="the pipeline's --seed (default: the config's)")
+    parser.add_argument("--learning_rates", default="3e-5,1e-4", help="PPO candidates, conservative first")
     parser.add_argument("--iterations", default="40,80", help="PPO iterations (16 prompts each), fewest first")
-    parser.add_argument("--kl_coefs", default="0.02", help="KL coefficients (beta), largest first")
+    parser.add_argument("--kl_coefs", default="0.1,0.02", help="KL coefficients (beta), largest first")
     parser.add_argument("--ptx_coefs", default="2.0,0.5,0.1", help="PPO-ptx gamma candidates, conservative first")
     parser.add_argument("--margin", type=float, default=0.01, help="dev win rates this close to the best are equal")
     parser.add_argument("--max_dev_prompts", type=int, default=None, help="use at most this many dev prompts")
     return parser.parse_args(argv)
 
 
+def pipeline_configs(args: argparse.Namespace) -> tuple[WorldPipeline, Path]:
+    """Run the pipeline up to its reward model (finished stages are skipped); write the merged configs of its PPO
+    and PPO-ptx stages as the pipeline would run them. The pipeline and its run directory."""
+    configs = args.config or ["configs/pipeline/demo.yaml"]
+    merged: dict[str, Any] = {}
+    for path in configs:  # later files replace earlier top-level keys, as the CLI's -c does
+        merged.update(yaml.safe_load(Path(path).read_text()))
+    seed = merged.get("seed", 0) if args.seed is None else args.seed
+    cmd = [sys.executable, "-m", "lit_rlhf.cli", "pipeline", *[x for c in configs for x in ("-c", c)]]
+    cmd += ["--name", args.name, "--runs_dir", args.runs_dir, "--seed", str(seed), "--until", "rm", "--wandb", "false"]
+    print(" ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    specs = {stage: StageSpec(**merged[stage]) for stage in ("pretrain", "sft", "rm", "ppo", "ppo_ptx", "evaluate")}
+    world, comparisons = merged.get("world") or {}, merged.get("comparisons") or {}
+    pipeline = WorldPipeline(args.name, args.runs_dir, seed, world, specs, comparisons, 3, wandb=False)
+    for stage in ("ppo", "ppo_ptx"):
+        pipeline.fit_config(stage, *pipeline.ppo_wiring())
+    return pipeline, pipeline.root
+
+
 def load_stage_config(run: Path, stage: str) -> dict[str, Any]:
-    path = run / "configs" / f"{stage}.yaml"
-    if not path.is_file():
-        sys.exit(f"select_settings: {path} is missing; run the pipeline up to the rm stage first (--until rm)")
-    return yaml.safe_load(path.read_text())
+    return yaml.safe_load((run / "configs" / f"{stage}.yaml").read_text())
 
 
 def train_candidate(
@@ -75,9 +98,11 @@ def train_candidate(
     return export
 
 
-def dev_evaluate(run: Path, out: Path, policies: dict[str, Path], max_prompts: int | None) -> dict[str, Any]:
+def dev_evaluate(
+    run: Path, out: Path, policies: dict[str, Path], max_prompts: int | None, name: str = "dev_eval"
+) -> dict[str, Any]:
     """Every policy against ``sft`` on the dev slice, judged by the training labelers; the results by policy."""
-    eval_dir = out / "dev_eval"
+    eval_dir = out / name
     config = {
         "policies": {name: str(path) for name, path in policies.items()},
         "baseline": "sft",
@@ -90,10 +115,26 @@ def dev_evaluate(run: Path, out: Path, policies: dict[str, Path], max_prompts: i
         "max_new_tokens": 32,
         "trainer": {"logger": False},
     }
-    path = out / "configs" / "dev_evaluate.yaml"
+    path = out / "configs" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     subprocess.run([sys.executable, "-m", "lit_rlhf.cli", "evaluate", "-c", str(path)], check=True)
     return json.loads((eval_dir / "results.json").read_text())
+
+
+def sft_habits(run: Path, out: Path, sft: Path, max_prompts: int | None) -> dict[str, float | None]:
+    """How often greedy SFT shows each habit of the writers on the dev slice, measured before any PPO run: a habit
+    it does not reproduce gives PPO nothing to win."""
+    sft_results = dev_evaluate(run, out, {"sft": sft}, max_prompts, name="sft_habits")["sft"]
+    following = sft_results.get("constraint_following_rate")
+    habits = {
+        "ignores_constraint": None if following is None else 1 - following,
+        "preamble": sft_results.get("preamble_rate"),
+        "padding": sft_results.get("padding_rate"),
+    }
+    shown = ", ".join(f"{k} {'-' if v is None else f'{100 * v:.1f}%'}" for k, v in habits.items())
+    print(f"greedy SFT on the dev slice, before any PPO run: {shown}", flush=True)
+    return habits
 
 
 def choose(results: dict[str, Any], names: list[str], margin: float) -> str:
@@ -104,8 +145,8 @@ def choose(results: dict[str, Any], names: list[str], margin: float) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    run = Path(args.run)
-    out = Path(args.out or run / "selection")
+    _, run = pipeline_configs(args)
+    out = run / "selection"
     grid = [
         {"iterations": int(n), "kl_coef": float(kl), "learning_rate": float(lr)}
         for n in args.iterations.split(",")
@@ -118,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     ptx_base = load_stage_config(run, "ppo_ptx")
     candidates = {f"ppo_it{c['iterations']}_kl{c['kl_coef']:g}_lr{c['learning_rate']:g}": c for c in grid}
     policies = {"sft": Path(ppo_base["model"]["init_args"]["model_name_or_path"])}
+    habits = sft_habits(run, out, policies["sft"], args.max_dev_prompts)
     for name, c in candidates.items():
         init_args = {"learning_rate": c["learning_rate"], "kl_coef": c["kl_coef"]}
         policies[name] = train_candidate(ppo_base, out, name, init_args, c["iterations"])
@@ -154,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         "run": str(run),
         "judge": DEV_JUDGE,
         "prompts": str(run / "world" / "dev" / "prompts.jsonl"),
+        "sft_habits": habits,
         "rule": f"highest dev win rate; within {args.margin} of the best counts as equal; first listed among equals",
         **ppo_choice,
         "ptx_coef": gamma_names[gamma_choice],

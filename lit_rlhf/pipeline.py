@@ -328,9 +328,19 @@ class Pipeline:
         return path
 
     def fit(self, stage: str, model: dict[str, Any], data: dict[str, Any]) -> None:
-        """Run ``lit-rlhf fit`` on the stage's merged config, in this process."""
+        """Run ``lit-rlhf fit`` on the stage's merged config (:meth:`fit_config`), in this process."""
         from lit_rlhf.stage_cli import build_stage_cli
 
+        config = self.fit_config(stage, model, data)
+        with warnings.catch_warnings():  # "args and sys.argv both given": the pipeline's own argv, on purpose
+            warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
+            cli = build_stage_cli(["-c", str(config)], run=False)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        if cli.trainer.interrupted or read_export_metadata(self.export(stage)) is None:
+            raise RuntimeError(f"stage {stage} stopped before writing {self.export(stage)}; rerun to continue")
+
+    def fit_config(self, stage: str, model: dict[str, Any], data: dict[str, Any]) -> Path:
+        """Write the merged ``lit-rlhf fit`` config of ``stage`` with ``model`` and ``data`` wired in; its path."""
         wiring = {
             "seed_everything": self.seed,
             "trainer": {
@@ -341,13 +351,7 @@ class Pipeline:
             "model": {"init_args": {"export_dir": str(self.export(stage)), **model}},
             "data": {"init_args": data},
         }
-        config = self.stage_config(stage, wiring)
-        with warnings.catch_warnings():  # "args and sys.argv both given": the pipeline's own argv, on purpose
-            warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
-            cli = build_stage_cli(["-c", str(config)], run=False)
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-        if cli.trainer.interrupted or read_export_metadata(self.export(stage)) is None:
-            raise RuntimeError(f"stage {stage} stopped before writing {self.export(stage)}; rerun to continue")
+        return self.stage_config(stage, wiring)
 
     def evaluate(self, wiring: dict[str, Any], policies: dict[str, Path]) -> None:
         """Run ``lit-rlhf evaluate`` on the evaluate stage's merged config with ``policies``, in this process."""
@@ -463,6 +467,10 @@ class WorldPipeline(Pipeline):
         self.fit("rm", model=model, data={"train_files": str(c / "train.jsonl"), "val_files": str(c / "val.jsonl")})
 
     def _ppo(self, stage: str) -> None:
+        self.fit(stage, *self.ppo_wiring())
+
+    def ppo_wiring(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The model and data options PPO and PPO-ptx get from the earlier stages (for :meth:`fit_config`)."""
         w = self.world
         model = {"model_name_or_path": str(self.export("sft")), "reward_model_path": str(self.export("rm"))}
         # the world's own PPO prompts (InstructGPT: a third prompt set, apart from SFT's and the RM's)
@@ -471,7 +479,7 @@ class WorldPipeline(Pipeline):
             "val_files": str(w.sft_val),
             "pretraining_files": str(w.corpus_train),
         }
-        self.fit(stage, model=model, data=data)
+        return model, data
 
     def run_ppo(self, console: Any) -> None:
         self._ppo("ppo")

@@ -216,13 +216,15 @@ def test_smoke_pipeline_completes_and_resumes(tmp_path, monkeypatch):
     assert read_export_metadata(root / "ppo" / "hf") is not None
 
     # 4. Settings are chosen on the dev slice by the training labelers (benchmarks/select_settings.py).
-    select = [sys.executable, str(REPO / "benchmarks" / "select_settings.py"), "--run", str(root),
-              "--iterations", "1", "--learning_rates", "1e-5,1e-4", "--ptx_coefs", "0.5", "--max_dev_prompts", "4"]  # fmt: skip
+    select = [sys.executable, str(REPO / "benchmarks" / "select_settings.py"), "--config", "configs/pipeline/smoke.yaml",
+              "--name", "smoke", "--runs_dir", str(tmp_path), "--iterations", "1", "--kl_coefs", "0.02",
+              "--learning_rates", "1e-5,1e-4", "--ptx_coefs", "0.5", "--max_dev_prompts", "4"]  # fmt: skip
     subprocess.run(select, check=True, cwd=REPO)
     selection = json.loads((root / "selection" / "selection.json").read_text())
     assert [c["candidate"] for c in selection["candidates"]] == [
         "ppo_it1_kl0.02_lr1e-05", "ppo_it1_kl0.02_lr0.0001", "ppo_ptx_gamma0.5"]  # fmt: skip
     assert selection["learning_rate"] in (1e-5, 1e-4) and selection["ptx_coef"] == 0.5
+    assert set(selection["sft_habits"]) == {"ignores_constraint", "preamble", "padding"}  # measured before PPO
     dev = yaml.safe_load((root / "selection" / "configs" / "dev_evaluate.yaml").read_text())
     assert dev["judge"] == "lit_rlhf.world.labelers:dev_judge"
     assert dev["prompts_file"] == str(root / "world" / "dev" / "prompts.jsonl")
