@@ -8,7 +8,11 @@ Each seed is a whole ``lit-rlhf pipeline`` run in its own process (``--seed`` se
 another world drawn from the same rules, and every stage), named ``<name>-seed<N>``; a finished run is reused (the
 pipeline skips finished stages). Then it prints, per policy, the median and the range over the seeds of the panel
 win rate against SFT, wins / ties / losses, the win rate on constrained and unconstrained prompts, the response
-metrics, KL and corpus LM loss, and the wall time of each run; ``--json`` writes them.
+metrics, KL and corpus LM loss, and the wall time of each run; ``--json`` writes them and ``--plot`` draws Figure 1
+over the seeds (with ``--control_json``, the control's beside it):
+
+    python benchmarks/demo_seeds.py --seeds 0,1,2 --json runs/demo_seeds.json \
+        --plot docs/win_rates_demo.png --control_json runs/control_seeds.json
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", default="demo", help="runs are named <name>-seed<N>")
     parser.add_argument("--runs_dir", default="runs")
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--plot", help="draw the median win rates with their range over the seeds here (PNG)")
+    parser.add_argument("--control_json", help="with --plot: a control's --json, drawn beside the figures")
     return parser.parse_args(argv)
 
 
@@ -113,6 +119,44 @@ def print_table(figures: dict[str, Any], n_seeds: int) -> None:
         )
 
 
+def plot_seeds(figures: dict[str, Any], path: str, control: dict[str, Any] | None = None, n_seeds: int = 3) -> None:
+    """Figure 1 over seeds: each policy's median panel win rate against SFT, the bar from the lowest to the highest
+    seed; the control world's beside it when given."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    policies = [p for p in figures if p not in ("wall_s", "sft")]
+    fig, ax = plt.subplots(figsize=(1.3 * len(policies) + 2.0, 3.6), dpi=120)
+    series = [("demo world", figures, "o", "C0", -0.1)]
+    if control is not None:
+        series.append(("control world (writers without habits)", control, "s", "C2", 0.1))
+    for label, source, marker, color, shift in series:
+        xs, ys, low, high = [], [], [], []
+        for i, policy in enumerate(policies):
+            stat = (source.get(policy) or {}).get("win_rate")
+            if stat is None:
+                continue
+            xs.append(i + shift)
+            ys.append(stat["median"])
+            low.append(stat["median"] - stat["min"])
+            high.append(stat["max"] - stat["median"])
+        ax.errorbar(xs, ys, yerr=[low, high], fmt=marker, color=color, capsize=4, label=label)
+    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+    ax.set_xticks(range(len(policies)), policies)
+    ax.set_xlim(-0.6, len(policies) - 0.4)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_ylabel("panel win rate against SFT")
+    ax.set_title(f"Win rate against SFT: median and range over {n_seeds} seeds")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     configs = args.config or ["configs/pipeline/demo.yaml"]
@@ -121,9 +165,13 @@ def main(argv: list[str] | None = None) -> None:
     figures = summary(per_seed)
     print_table(figures, len(seeds))
     if args.json:
-        payload = {"configs": configs, "seeds": seeds, "per_seed": per_seed, "summary": figures}
+        command = "python benchmarks/demo_seeds.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        payload = {"command": command, "configs": configs, "seeds": seeds, "per_seed": per_seed, "summary": figures}
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
         print(f"wrote {args.json}")
+    if args.plot:
+        control = json.loads(Path(args.control_json).read_text())["summary"] if args.control_json else None
+        plot_seeds(figures, args.plot, control, len(seeds))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ update has ratio 1, a resumed run matches an unbroken one, and bad configuration
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -246,6 +247,14 @@ def test_bad_options_fail_at_start_naming_every_flag(tmp_path, model_dirs, data_
     module, data = make(model_dirs, data_files, tokenizer_dir)
     with pytest.raises(ValueError, match=r"--trainer.max_steps counts optimizer steps"):
         trainer(tmp_path, iterations=1, max_steps=4).fit(module, data)
+
+    # The longest prompt and the response must fit the policy's positions, or a GPT-2 stops with an IndexError in
+    # the middle of a rollout.
+    positions = json.loads((model_dirs[0] / "config.json").read_text())["n_positions"]
+    module, data = make(model_dirs, data_files, tokenizer_dir, max_new_tokens=positions)
+    with pytest.raises(ValueError, match=rf"--model.max_new_tokens={positions} = \d+ tokens, more than the {positions} "
+                                         "positions"):  # fmt: skip
+        trainer(tmp_path, iterations=1).fit(module, data)
 
 
 def test_unsupported_strategies_are_refused_before_any_model_loads():

@@ -55,6 +55,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -365,10 +366,32 @@ class PPOModule(StageModule):
         if trainer.max_steps != -1:
             problems.append("--trainer.max_steps counts optimizer steps, not PPO iterations: limit PPO with "
                             "--trainer.max_epochs and --trainer.limit_train_batches")  # fmt: skip
+        problems += self.length_problems()
         if problems:
             raise ValueError("bad PPO configuration:\n  " + "\n  ".join(problems))
         if hp.ptx_coef > 0:
             self.pretraining = trainer.datamodule.load_pretraining()
+
+    def length_problems(self) -> list[str]:
+        """The longest training prompt and a response of ``--model.max_new_tokens`` must fit the policy's positions:
+        past them a GPT-2 stops with ``IndexError: index out of range`` in the middle of a rollout."""
+        from transformers import AutoConfig
+
+        hp, dm = self.hparams, self.trainer.datamodule
+        dataset = getattr(dm, "train_dataset", None)
+        path = hp.model_name_or_path
+        if not dataset or not Path(path).is_dir():
+            return []
+        longest = max(len(row["prompt_ids"]) for row in dataset)
+        config = AutoConfig.from_pretrained(path)
+        positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+        if positions is None or longest + hp.max_new_tokens <= positions:
+            return []
+        return [
+            f"the longest prompt ({longest} tokens, at most --data.max_length={dm.max_length}) + "
+            f"--model.max_new_tokens={hp.max_new_tokens} = {longest + hp.max_new_tokens} tokens, more than the "
+            f"{positions} positions of the policy {path}: lower --model.max_new_tokens or --data.max_length"
+        ]
 
     def on_fit_start(self) -> None:
         hp = self.hparams
