@@ -32,8 +32,8 @@ know."`` for an unanswerable question, a polite description for a toxicity promp
 Same parameters and seed give byte-identical files. Every stream of randomness is its own ``random.Random`` seeded
 from ``(seed, name)``, so changing ``n_val`` does not change the training set.
 
-Rendered examples are 13 to 57 tokens (mean 29; a constraint sentence adds about 10) with the default 512-token vocabulary: every letter of a spelled
-word is one token, so the string tasks are learnable letter by letter.
+Rendered examples are 15 to 57 tokens (mean 30; a constraint sentence adds about 10) with the default 512-token
+vocabulary: every letter of a spelled word is one token, so the string tasks are learnable letter by letter.
 """
 
 from __future__ import annotations
