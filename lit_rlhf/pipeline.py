@@ -688,6 +688,8 @@ class OwnDataPipeline(Pipeline):
             "prompts_file": eval_prompt_files(self.data, self.files),
             "judge": f"rm:{self.judge}",
             "judge_info": self.judge_info(),
+            # the stage config's grouping is the world's ('constrained'); your records are grouped only if you ask
+            "group_by": self.stages["evaluate"].overrides.get("group_by"),
             "rm_dir": str(self.export("rm")),
             "pretraining_file": str(val) if val.is_file() else None,
         }

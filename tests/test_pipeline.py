@@ -225,7 +225,7 @@ def test_smoke_pipeline_completes_and_resumes(tmp_path, monkeypatch):
         "ppo_it1_kl0.02_lr1e-05", "ppo_it1_kl0.02_lr0.0001", "ppo_ptx_gamma0.5"]  # fmt: skip
     assert selection["learning_rate"] in (1e-5, 1e-4) and selection["ptx_coef"] == 0.5
     assert set(selection["sft_habits"]) == {"ignores_constraint", "preamble", "padding"}  # measured before PPO
-    dev = yaml.safe_load((root / "selection" / "configs" / "dev_evaluate.yaml").read_text())
+    dev = yaml.safe_load((root / "selection" / "configs" / "dev_eval.yaml").read_text())
     assert dev["judge"] == "lit_rlhf.world.labelers:dev_judge"
     assert dev["prompts_file"] == str(root / "world" / "dev" / "prompts.jsonl")
     dev_results = json.loads((root / "selection" / "dev_eval" / "results.json").read_text())
