@@ -51,9 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def pipeline_configs(args: argparse.Namespace) -> tuple[WorldPipeline, Path]:
+def pipeline_configs(args: argparse.Namespace) -> Path:
     """Run the pipeline up to its reward model (finished stages are skipped); write the merged configs of its PPO
-    and PPO-ptx stages as the pipeline would run them. The pipeline and its run directory."""
+    and PPO-ptx stages as the pipeline would run them. The run directory."""
     configs = args.config or ["configs/pipeline/demo.yaml"]
     merged: dict[str, Any] = {}
     for path in configs:  # later files replace earlier top-level keys, as the CLI's -c does
@@ -68,7 +68,7 @@ def pipeline_configs(args: argparse.Namespace) -> tuple[WorldPipeline, Path]:
     pipeline = WorldPipeline(args.name, args.runs_dir, seed, world, specs, comparisons, 3, wandb=False)
     for stage in ("ppo", "ppo_ptx"):
         pipeline.fit_config(stage, *pipeline.ppo_wiring())
-    return pipeline, pipeline.root
+    return pipeline.root
 
 
 def load_stage_config(run: Path, stage: str) -> dict[str, Any]:
@@ -145,7 +145,7 @@ def choose(results: dict[str, Any], names: list[str], margin: float) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    _, run = pipeline_configs(args)
+    run = pipeline_configs(args)
     out = run / "selection"
     grid = [
         {"iterations": int(n), "kl_coef": float(kl), "learning_rate": float(lr)}
