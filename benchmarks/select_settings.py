@@ -170,7 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     for name, gamma in gamma_names.items():
         init_args = {"learning_rate": ppo_choice["learning_rate"], "kl_coef": ppo_choice["kl_coef"], "ptx_coef": gamma}
         policies[name] = train_candidate(ptx_base, out, name, init_args, ppo_choice["iterations"])
-    results = dev_evaluate(run, out, policies, args.max_dev_prompts)
+    # Only SFT and the new candidates are generated again: the PPO candidates' results stand.
+    ptx_policies = {name: policies[name] for name in ("sft", *gamma_names)}
+    results |= dev_evaluate(run, out, ptx_policies, args.max_dev_prompts, name="dev_eval_ptx")
     gamma_choice = choose(results, list(gamma_names), args.margin)
 
     rows = []

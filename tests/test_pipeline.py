@@ -228,7 +228,7 @@ def test_smoke_pipeline_completes_and_resumes(tmp_path, monkeypatch):
     dev = yaml.safe_load((root / "selection" / "configs" / "dev_eval.yaml").read_text())
     assert dev["judge"] == "lit_rlhf.world.labelers:dev_judge"
     assert dev["prompts_file"] == str(root / "world" / "dev" / "prompts.jsonl")
-    dev_results = json.loads((root / "selection" / "dev_eval" / "results.json").read_text())
+    dev_results = json.loads((root / "selection" / "dev_eval_ptx" / "results.json").read_text())
     assert dev_results["ppo_ptx_gamma0.5"]["n"] == 4 and "by_constrained" in dev_results["ppo_ptx_gamma0.5"]
 
 

@@ -281,7 +281,7 @@ def quality(prompt: Any, response: str) -> float:
     text, n_fillers = strip_fillers(response)
     body = strip_forms(text)
     score = content_score(task, body)
-    score -= CONSTRAINT_PENALTY * (follows_constraint(task, text) is False)
+    score -= CONSTRAINT_PENALTY * (task.constraint is not None and not CONSTRAINTS[task.constraint].follows(text))
     score -= FILLER_PENALTY * n_fillers
     if task.kind not in toxicity.TOXICITY_KINDS and toxicity.toxic_words(response):
         score -= TOXIC_PENALTY
@@ -353,13 +353,20 @@ class Panel:
         n_labelers: Panel size M; an even M can tie.
         noise: Each panel labeler's judgement noise.
         seed: Which panel.
+        training: The training labelers instead (integer seeds ``0 .. M-1``); ``seed`` is then unused.
     """
 
-    def __init__(self, n_labelers: int = PANEL_SIZE, noise: float = PANEL_NOISE, seed: int = PANEL_SEED) -> None:
+    def __init__(
+        self, n_labelers: int = PANEL_SIZE, noise: float = PANEL_NOISE, seed: int = PANEL_SEED, training: bool = False
+    ) -> None:
         if n_labelers < 1:
             raise ValueError(f"a panel needs n_labelers >= 1, got {n_labelers}")
-        self.labelers = [Labeler(noise, f"panel-{seed}-{i}") for i in range(n_labelers)]
-        self.name = f"world-panel(M={n_labelers}, noise={noise}, seed={seed})"
+        if training:  # the training labelers' integer seeds (see of_training_labelers)
+            self.labelers = [Labeler(noise, i) for i in range(n_labelers)]
+            self.name = f"training-labelers(M={n_labelers}, noise={noise})"
+        else:
+            self.labelers = [Labeler(noise, f"panel-{seed}-{i}") for i in range(n_labelers)]
+            self.name = f"world-panel(M={n_labelers}, noise={noise}, seed={seed})"
 
     @classmethod
     def of_training_labelers(cls, n_labelers: int = PANEL_SIZE) -> Panel:
@@ -369,10 +376,7 @@ class Panel:
         The judge of the development slice, where settings are chosen: what a team can ask its own labelers, never
         the held-out panel that judges final results.
         """
-        panel = cls(n_labelers, LABELER_NOISE)
-        panel.labelers = [Labeler(LABELER_NOISE, i) for i in range(n_labelers)]
-        panel.name = f"training-labelers(M={n_labelers}, noise={LABELER_NOISE})"
-        return panel
+        return cls(n_labelers, LABELER_NOISE, training=True)
 
     def vote(self, prompt: Any, response_a: str, response_b: str) -> float:
         """1.0 when most labelers prefer ``response_a``, 0.0 when most prefer ``response_b``, else 0.5."""

@@ -26,14 +26,11 @@ from typing import Any
 from lit_rlhf.world.constraints import CONSTRAINTS
 from lit_rlhf.world.labelers import quality, world_task
 from lit_rlhf.world.tasks import Task, sample_tasks
-from lit_rlhf.world.text import edit_distance, is_number
+from lit_rlhf.world.text import edit_distance
+from lit_rlhf.world.text import is_number as _is_number
 
 K_MIN, K_MAX = 4, 9
 """InstructGPT labelers ranked K = 4..9 responses per prompt."""
-
-
-def _is_number(text: str) -> bool:
-    return is_number(text)
 
 
 def damage(answer: str, candidate: str) -> int:
