@@ -39,13 +39,14 @@ log = logging.getLogger(__name__)
 STAGE_DATA_MODULES: dict[str, tuple[type[L.LightningDataModule], ...]] = {
     "sft": (SFTDataModule,),
     "rm": (PreferenceDataModule,),
+    "dpo": (PreferenceDataModule,),
     "ppo": (PromptDataModule,),
 }
 """The DataModule(s) each stage (``StageModule.stage``) trains on; subclasses of them count too."""
 
 
 class StageModule(L.LightningModule):
-    """Base of SFTModule, RewardModule and PPOModule.
+    """Base of SFTModule, RewardModule, DPOModule and PPOModule.
 
     Subclasses set ``self.model`` (the trained model), ``self.tokenizer`` and ``self.stage`` and may extend
     :meth:`export_metadata`.
@@ -155,9 +156,10 @@ class StageModule(L.LightningModule):
             return
         self.export()
 
-    def export(self) -> Path | None:
-        """Write the trained model as a Hugging Face directory (rank 0; atomic)."""
-        path = self.resolved_export_dir()
+    def export(self, path: Path | None = None) -> Path | None:
+        """Write the trained model as a Hugging Face directory (rank 0; atomic) at ``path``, default
+        :meth:`resolved_export_dir`. Every rank calls it (under FSDP2 the weights are gathered from all)."""
+        path = path or self.resolved_export_dir()
         state_dict = full_state_dict(self.model)  # gathered from every rank when FSDP2 shards the model
         if self.trainer.is_global_zero:
             model = self.model

@@ -20,6 +20,7 @@ from lit_rlhf import distributed as _distributed  # noqa: F401  (registers --tra
 from lit_rlhf.data.modules import PreferenceDataModule, SFTDataModule  # noqa: F401
 from lit_rlhf.data.prompts import PromptDataModule  # noqa: F401
 from lit_rlhf.distributed import strategy_problem
+from lit_rlhf.dpo import DPOModule  # noqa: F401
 from lit_rlhf.evaluation.command import evaluate_command
 from lit_rlhf.loggers import WandbLogger
 from lit_rlhf.ppo.module import PPOModule  # noqa: F401

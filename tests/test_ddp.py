@@ -110,3 +110,38 @@ def test_reward_model_two_processes_match_one_process(tmp_path, tokenizer_dir, s
     # |w|_1 * tol; every other weight moves it as it would a loss.
     mean_tol = float(w1["score.weight"].abs().sum()) * tol + loss_tolerance(steps, lr, n_weights(w1))
     assert_reward_models_close(tmp_path / "one" / "hf", tmp_path / "two" / "hf", dict.fromkeys(w1, tol), mean_tol)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_dpo_two_processes_match_one_process(tmp_path, tokenizer_dir, strategy):
+    # DPO's loss is a mean over the batch's prompts, as the RM's: two processes of 4 prompts average their
+    # gradients into those of one process of 8. The reference (a frozen copy, sharded too under FSDP2) is read live.
+    records = []
+    for r in reverse_records(32, seed=7):
+        answer = r["completion"]
+        records.append({"prompt": r["prompt"], "completions": ["zz", answer, answer[:-1]], "ranking": [1, 2, 0]})
+    train = write_jsonl(tmp_path / "rank.jsonl", records)
+    steps, lr = 3, 1e-3
+    cfg = {
+        "seed_everything": 0,
+        "trainer": {"accelerator": "cpu", "max_steps": steps, "num_sanity_val_steps": 0, "limit_val_batches": 0,
+                    "enable_progress_bar": False, "enable_checkpointing": False, "logger": False},
+        "model": {"class_path": "lit_rlhf.dpo.DPOModule",
+                  "init_args": {"model_name_or_path": "scratch:gpt2", "tokenizer_name_or_path": str(tokenizer_dir),
+                                "model_config": TINY_GPT2, "learning_rate": lr, "warmup": 0, "dtype": "float64"}},
+        "data": {"class_path": "lit_rlhf.data.modules.PreferenceDataModule",
+                 "init_args": {"train_files": str(train), "val_files": str(train)}},
+    }  # fmt: skip
+    config = tmp_path / "dpo.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name, devices, batch_size, strat in [("one", 1, 8, "auto"), ("two", 2, 4, strategy)]:
+        cmd = [sys.executable, "-m", "lit_rlhf.cli", "fit", "-c", str(config), f"--trainer.devices={devices}",
+               f"--trainer.strategy={strat}", f"--data.batch_size={batch_size}",
+               f"--trainer.default_root_dir={tmp_path / name}"]  # fmt: skip
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    w1 = load_file(tmp_path / "one" / "hf" / "model.safetensors")
+    w2 = load_file(tmp_path / "two" / "hf" / "model.safetensors")
+    assert_weights_close(w2, w1, atol=weight_tolerance(steps, lr))

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from lit_rlhf.data.collate import (
+    IGNORE_INDEX,
     PackedCollator,
     SFTCollator,
     Template,
@@ -439,8 +440,10 @@ class PreferenceCollator:
     """Batch tokenised ranking examples: every completion of every prompt is one right-padded row.
 
     Each example is ``{"prompt_ids": list[int], "completion_ids": list[list[int]], "ranks": list[int]}``. The batch
-    holds ``input_ids`` and ``attention_mask`` (n, length) with n = the sum of K over the prompts, ``group_ids``
-    (n,) the prompt of each row (0 .. prompts-1) and ``ranks`` (n,) its rank within the prompt (0 = best).
+    holds ``input_ids`` and ``attention_mask`` (n, length) with n = the sum of K over the prompts, ``labels``
+    (n, length) the completion tokens (``IGNORE_INDEX`` on prompt and padding: what DPO scores), ``group_ids``
+    (n,) the prompt of each row (0 .. prompts-1) and ``ranks`` (n,) its rank within the prompt (0 = best). Examples
+    that carry ``reference_logps`` (one per completion; DPO's precomputed reference) add them as (n,) float32.
 
     Args:
         pad_token_id: The pad token (never EOS, so the RM finds each row's EOS as its last non-pad token).
@@ -450,18 +453,24 @@ class PreferenceCollator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        seqs, group_ids, ranks = [], [], []
+        seqs, labels, group_ids, ranks = [], [], [], []
         for g, e in enumerate(examples):
             for completion_ids, rank in zip(e["completion_ids"], e["ranks"], strict=True):
                 seqs.append(e["prompt_ids"] + completion_ids)
+                labels.append([IGNORE_INDEX] * len(e["prompt_ids"]) + completion_ids)
                 group_ids.append(g)
                 ranks.append(rank)
-        return {
+        batch = {
             "input_ids": pad_right(seqs, self.pad_token_id),
             "attention_mask": pad_right([[1] * len(s) for s in seqs], 0),
+            "labels": pad_right(labels, IGNORE_INDEX),
             "group_ids": torch.tensor(group_ids, dtype=torch.long),
             "ranks": torch.tensor(ranks, dtype=torch.long),
         }
+        if examples and all("reference_logps" in e for e in examples):
+            reference = [x for e in examples for x in e["reference_logps"]]
+            batch["reference_logps"] = torch.tensor(reference, dtype=torch.float32)
+        return batch
 
 
 @dataclass
