@@ -7,8 +7,9 @@ It runs the pipeline (``-c configs/pipeline/demo.yaml`` unless ``--config`` says
 ``--name`` and ``--runs_dir``) up to its reward model, skipping the stages already done. Then it measures how often
 greedy SFT shows each of the writers' habits on the world's ``dev/prompts.jsonl`` (ignoring a constraint, a
 preamble, padding: a habit greedy SFT does not reproduce gives PPO nothing to win), trains PPO once per candidate
-(a grid of iterations, KL coefficients and learning rates) and PPO-ptx once per candidate ptx coefficient (gamma,
-with the chosen PPO settings) from the pipeline's own PPO stage configs, only the setting under test changed, and
+(a grid of iterations, KL coefficients and learning rates), PPO-ptx once per candidate ptx coefficient (gamma,
+with the chosen PPO settings) and DPO once per candidate (beta x learning rate x epochs) from the pipeline's own
+stage configs, only the setting under test changed, and
 evaluates every candidate against the SFT policy on the dev prompts (inputs that no stage trained on and the
 evaluation never sees) with ``lit_rlhf.world.labelers:dev_judge`` (a panel of the training labelers, the people a
 team can ask). It prints a table and writes ``<run>/selection/selection.json``.
@@ -16,7 +17,8 @@ team can ask). It prints a table and writes ``<run>/selection/selection.json``.
 The rule, fixed before any candidate ran: the highest dev win rate wins; a candidate within ``--margin`` (default
 one point) of the best counts as equal, and among equals the first listed is taken (the lists run from the most
 conservative setting: fewer iterations, the larger KL coefficient, the smaller learning rate, the larger gamma, which
-pays less alignment tax).
+pays less alignment tax; for DPO the larger beta, the smaller learning rate, fewer epochs). DPO is chosen on its own
+(its grid does not depend on PPO's); ``--dpo_betas ''`` skips it.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iterations", default="40,80", help="PPO iterations (16 prompts each), fewest first")
     parser.add_argument("--kl_coefs", default="0.1,0.02", help="KL coefficients (beta), largest first")
     parser.add_argument("--ptx_coefs", default="2.0,0.5,0.1", help="PPO-ptx gamma candidates, conservative first")
+    parser.add_argument("--dpo_betas", default="0.5,0.1", help="DPO beta candidates, largest first ('' skips DPO)")
+    parser.add_argument("--dpo_learning_rates", default="1e-4,3e-4", help="DPO learning rates, smallest first")
+    parser.add_argument("--dpo_epochs", default="1,2", help="DPO epochs over the comparisons, fewest first")
     parser.add_argument("--margin", type=float, default=0.01, help="dev win rates this close to the best are equal")
     parser.add_argument("--max_dev_prompts", type=int, default=None, help="use at most this many dev prompts")
     return parser.parse_args(argv)
@@ -68,6 +73,9 @@ def pipeline_configs(args: argparse.Namespace) -> Path:
     pipeline = WorldPipeline(args.name, args.runs_dir, seed, world, specs, comparisons, 3, wandb=False)
     for stage in ("ppo", "ppo_ptx"):
         pipeline.fit_config(stage, *pipeline.ppo_wiring())
+    if args.dpo_betas:
+        pipeline.stages["dpo"] = StageSpec(**merged.get("dpo", {"config": "configs/dpo/tiny.yaml"}))
+        pipeline.fit_config("dpo", *pipeline.dpo_wiring())
     return pipeline.root
 
 
@@ -76,10 +84,15 @@ def load_stage_config(run: Path, stage: str) -> dict[str, Any]:
 
 
 def train_candidate(
-    base: dict[str, Any], out: Path, name: str, init_args: dict[str, Any], iterations: int | None = None
+    base: dict[str, Any],
+    out: Path,
+    name: str,
+    init_args: dict[str, Any],
+    iterations: int | None = None,
+    epochs: int | None = None,
 ) -> Path:
-    """Train one candidate from ``base`` (a merged stage config) with ``init_args`` (and the number of PPO iterations)
-    changed; return its export."""
+    """Train one candidate from ``base`` (a merged stage config) with ``init_args`` (and the number of PPO iterations
+    or of epochs) changed; return its export."""
     export = out / name / "hf"
     if (export / "lit_rlhf.json").is_file():
         print(f"{name}: already trained, {export}")
@@ -90,6 +103,8 @@ def train_candidate(
     config["trainer"].pop("checkpoint_every_n_steps", None)
     if iterations is not None:
         config["trainer"]["limit_train_batches"] = iterations
+    if epochs is not None:
+        config["trainer"]["max_epochs"] = epochs
     path = out / "configs" / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -175,8 +190,28 @@ def main(argv: list[str] | None = None) -> None:
     results |= dev_evaluate(run, out, ptx_policies, args.max_dev_prompts, name="dev_eval_ptx")
     gamma_choice = choose(results, list(gamma_names), args.margin)
 
+    dpo_grid = {
+        f"dpo_beta{float(b):g}_lr{float(lr):g}_ep{int(e)}": {
+            "beta": float(b),
+            "learning_rate": float(lr),
+            "epochs": int(e),
+        }
+        for e in (args.dpo_epochs.split(",") if args.dpo_betas else [])
+        for b in args.dpo_betas.split(",")
+        for lr in args.dpo_learning_rates.split(",")
+    }
+    dpo_choice = None
+    if dpo_grid:
+        dpo_base = load_stage_config(run, "dpo")
+        for name, c in dpo_grid.items():
+            init_args = {"beta": c["beta"], "learning_rate": c["learning_rate"]}
+            policies[name] = train_candidate(dpo_base, out, name, init_args, epochs=c["epochs"])
+        dpo_policies = {name: policies[name] for name in ("sft", *dpo_grid)}
+        results |= dev_evaluate(run, out, dpo_policies, args.max_dev_prompts, name="dev_eval_dpo")
+        dpo_choice = dpo_grid[choose(results, list(dpo_grid), args.margin)]
+
     rows = []
-    for name in [*candidates, *gamma_names]:
+    for name in [*candidates, *gamma_names, *dpo_grid]:
         r = results[name]
         lo, hi = r["win_rate_ci95"]
         rows.append(
@@ -202,10 +237,11 @@ def main(argv: list[str] | None = None) -> None:
         "rule": f"highest dev win rate; within {args.margin} of the best counts as equal; first listed among equals",
         **ppo_choice,
         "ptx_coef": gamma_names[gamma_choice],
+        "dpo": dpo_choice,
         "candidates": rows,
     }
     (out / "selection.json").write_text(json.dumps(selection, indent=2) + "\n")
-    print(f"chosen: {ppo_choice}, ptx_coef {gamma_names[gamma_choice]:g}")
+    print(f"chosen: {ppo_choice}, ptx_coef {gamma_names[gamma_choice]:g}, DPO {dpo_choice}")
     print(f"wrote {out / 'selection.json'}")
 
 

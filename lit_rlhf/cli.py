@@ -5,7 +5,7 @@
     lit-rlhf fit --model.help SFTModule                   # every option of a module, explained
 
 The model and data classes are chosen in YAML (``class_path``); ``--trainer.*`` flags choose devices, strategy,
-precision and logger. Stage-independent subcommands (``pipeline``, ``evaluate``) are methods of
+precision and logger. Stage-independent subcommands (``pipeline``, ``evaluate``, ``overoptimization``) are methods of
 :class:`LitRLHFTrainer`.
 
 A shipped config's top-level ``world:`` section (:class:`WorldSection`) makes the instruction world its default data:
@@ -30,6 +30,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from lit_rlhf.cli_errors import RaisingParser, take_debug_flag, user_error_message
+from lit_rlhf.evaluation.command import overoptimization_command
 from lit_rlhf.pipeline import pipeline_command
 from lit_rlhf.stage_cli import StageCLI, StageTrainer
 from lit_rlhf.world import build_world
@@ -40,9 +41,11 @@ _DESCRIPTION = __doc__.split("\n\n")[0]
 
 
 class LitRLHFTrainer(StageTrainer):
-    """lit_rlhf's Trainer with every ``lit-rlhf`` subcommand: Lightning's, ``evaluate`` and ``pipeline``."""
+    """lit_rlhf's Trainer with every ``lit-rlhf`` subcommand: Lightning's, ``evaluate``, ``overoptimization`` and
+    ``pipeline``."""
 
     pipeline = pipeline_command
+    overoptimization = overoptimization_command
 
 
 @dataclass
@@ -128,6 +131,7 @@ class LitRLHFCLI(StageCLI):
     MODEL_FREE_SUBCOMMANDS: dict[str, set[str]] = {
         **StageCLI.MODEL_FREE_SUBCOMMANDS,
         "pipeline": {"model", "datamodule"},
+        "overoptimization": {"model", "datamodule"},
     }
     DESCRIPTION = _DESCRIPTION
     world: WorldSection | None = None
@@ -145,7 +149,7 @@ class LitRLHFCLI(StageCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: list[str] | None) -> None:
         super().parse_arguments(parser, args)
         if self.config.get("subcommand") in self.MODEL_FREE_SUBCOMMANDS:
-            return  # `pipeline` has a world: section of its own (build_world's options); `evaluate` none
+            return  # `pipeline` has a world: section of its own (build_world's options); `evaluate` and others none
         self.world = world_in_use(self.subcommand_config())
         if self.world is None or not self.world.defaults:
             return

@@ -1,8 +1,16 @@
 """``lit-rlhf pipeline``: the whole InstructGPT recipe, one stage after another, on the instruction world or on your
 model and files.
 
-    world:  world -> pretrain -> sft -> comparisons -> rm -> ppo, ppo_ptx -> base_prompted -> evaluate
-    data:   data -> [pretrain] -> sft -> rm, gold_rm -> ppo[, ppo_ptx] -> evaluate
+    world:  world -> pretrain -> sft -> comparisons -> rm -> [dpo] -> ppo, ppo_ptx -> base_prompted -> evaluate
+            -> [overoptimization]
+    data:   data -> [pretrain] -> sft -> rm, gold_rm -> [dpo] -> ppo[, ppo_ptx] -> evaluate -> [overoptimization]
+
+DPO (``dpo:``, optional) trains the SFT policy directly on the comparisons the RM learns from; the evaluation then
+judges it beside PPO (and a best-of-n policy, when the evaluate config names one) on the same prompts. The
+over-optimisation curve (``overoptimization:``, optional; :mod:`lit_rlhf.evaluation.overoptimization`) measures gold
+and proxy scores against sqrt(KL) for best-of-n of SFT and for PPO's exports along training
+(``--model.export_every_n_iterations`` in the PPO stage); gold is the world's hidden quality, or the judge on your
+data.
 
 Every training stage runs the stage's own YAML (``configs/<stage>/<size>.yaml``, the file ``lit-rlhf fit -c`` takes)
 with the same LightningModule and DataModule, in this process. The pipeline only merges the pipeline config's
@@ -36,7 +44,10 @@ import yaml
 from lit_rlhf.models import MARKER_FILE, atomic_directory, read_export_metadata
 from lit_rlhf.pipeline_data import DataFiles, PipelineData, eval_prompt_files, prepare_data
 
-STAGES = ("world", "pretrain", "sft", "comparisons", "rm", "ppo", "ppo_ptx", "base_prompted", "evaluate")
+STAGES = (
+    "world", "pretrain", "sft", "comparisons", "rm", "dpo", "ppo", "ppo_ptx", "base_prompted", "evaluate",
+    "overoptimization",
+)  # fmt: skip
 """Every stage of the world pipeline, in the order they run."""
 
 INPUTS: dict[str, tuple[str, ...]] = {
@@ -45,10 +56,12 @@ INPUTS: dict[str, tuple[str, ...]] = {
     "sft": ("world", "pretrain"),
     "comparisons": ("world", "sft"),
     "rm": ("world", "sft", "comparisons"),
+    "dpo": ("world", "sft", "comparisons"),  # only with a dpo: stage
     "ppo": ("world", "sft", "rm"),
     "ppo_ptx": ("world", "sft", "rm"),
     "base_prompted": ("world", "pretrain"),
-    "evaluate": ("world", "pretrain", "base_prompted", "sft", "rm", "ppo", "ppo_ptx"),
+    "evaluate": ("world", "pretrain", "base_prompted", "sft", "rm", "dpo", "ppo", "ppo_ptx"),
+    "overoptimization": ("world", "sft", "rm", "ppo"),  # only with an overoptimization: stage
 }
 """The stages whose outputs each world stage reads: when one of them runs again, so does the stage."""
 
@@ -58,9 +71,11 @@ OWN_DATA_INPUTS: dict[str, tuple[str, ...]] = {
     "sft": ("data", "pretrain"),
     "rm": ("data", "sft"),
     "gold_rm": ("data", "sft"),  # only without --judge_model_path
+    "dpo": ("data", "sft"),  # only with a dpo: stage; on the RM's half of the preferences
     "ppo": ("data", "sft", "rm"),
     "ppo_ptx": ("data", "sft", "rm"),  # only with --data.pretraining_files
-    "evaluate": ("data", "sft", "rm", "gold_rm", "ppo", "ppo_ptx"),
+    "evaluate": ("data", "sft", "rm", "gold_rm", "dpo", "ppo", "ppo_ptx"),
+    "overoptimization": ("data", "sft", "rm", "gold_rm", "ppo"),  # only with an overoptimization: stage
 }
 """The stages of the own-data pipeline, in order, and the stages each reads."""
 
@@ -68,6 +83,9 @@ STAGE_CONFIG_WORLD = "runs/world"
 """Where the stage configs expect the world; the world pipeline points every such path at its own world."""
 
 PANEL_JUDGE = "lit_rlhf.world.labelers:panel_judge"
+TRUE_QUALITY = "lit_rlhf.world.labelers:true_reward"
+OPTIONAL_STAGES = ("dpo", "overoptimization")
+"""Stages that run only when the pipeline config names them."""
 WORLD_METRICS = "lit_rlhf.world.labelers:RESPONSE_METRICS"
 
 
@@ -84,6 +102,11 @@ class StageSpec:
 
     config: str
     overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def without_stages(table: dict[str, tuple[str, ...]], absent: set[str]) -> dict[str, tuple[str, ...]]:
+    """``table`` (stage -> the stages it reads) less the ``absent`` stages, as keys and as inputs."""
+    return {s: tuple(i for i in inputs if i not in absent) for s, inputs in table.items() if s not in absent}
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -208,14 +231,20 @@ class Pipeline:
 
     def is_complete(self, stage: str) -> bool:
         """Whether ``stage``'s complete output exists (its marker, written last, is there)."""
-        if stage == "evaluate":
-            return (self.dir(stage) / "results.json").is_file()
+        if stage in ("evaluate", "overoptimization"):
+            return self.output_of(stage).is_file()
         return read_export_metadata(self.export(stage)) is not None
 
     def output_of(self, stage: str) -> Path:
         if stage == "evaluate":
             return self.dir(stage) / "results.json"
+        if stage == "overoptimization":
+            return self.dir(stage) / "overoptimization.json"
         return self.export(stage)
+
+    def absent_stages(self) -> set[str]:
+        """The optional stages this run's config does not name."""
+        return {s for s in OPTIONAL_STAGES if self.stages.get(s) is None}
 
     # -- running ---------------------------------------------------------------------------------------------------
 
@@ -323,7 +352,8 @@ class Pipeline:
         path.parent.mkdir(parents=True, exist_ok=True)
         spec = self.stages[stage]
         header = f"# {stage} stage of pipeline {self.name}: {spec.config} + overrides + paths; rerun alone with\n"
-        header += f"#   lit-rlhf {'evaluate' if stage == 'evaluate' else 'fit'} -c {path}\n"
+        command = stage if stage in ("evaluate", "overoptimization") else "fit"
+        header += f"#   lit-rlhf {command} -c {path}\n"
         path.write_text(header + yaml.safe_dump(config, sort_keys=False))
         return path
 
@@ -352,6 +382,29 @@ class Pipeline:
             "data": {"init_args": data},
         }
         return self.stage_config(stage, wiring)
+
+    def ppo_iterations(self) -> dict[str, str]:
+        """PPO's exports along training (``hf_iterations/iter_*``), then its final one unless it is the last of them:
+        name -> directory, in training order."""
+        exports = sorted(self.dir("ppo").glob("hf_iterations/iter_*"))
+        checkpoints = {f"ppo_{p.name}": str(p) for p in exports if read_export_metadata(p) is not None}
+        final = read_export_metadata(self.export("ppo")) or {}
+        last = read_export_metadata(exports[-1]) if exports else None
+        if last is None or last.get("ppo_iterations") != final.get("ppo_iterations"):
+            checkpoints["ppo"] = str(self.export("ppo"))
+        return checkpoints
+
+    def overoptimization(self, wiring: dict[str, Any], checkpoints: dict[str, str]) -> None:
+        """Run the over-optimisation curve on the stage's merged config with these RL ``checkpoints`` (written to
+        ``configs/overoptimization.yaml`` for ``lit-rlhf overoptimization -c``), in this process."""
+        from lit_rlhf.evaluation.overoptimization import OveroptimizationOptions, overoptimization
+
+        wiring = {"seed": self.seed, "output_dir": str(self.dir("overoptimization")), **wiring}
+        replace = {"checkpoints": checkpoints, "trainer": {"logger": False}}
+        path = self.stage_config("overoptimization", wiring, replace=replace)
+        options = yaml.safe_load(path.read_text())
+        options.pop("trainer", None)
+        overoptimization(OveroptimizationOptions(**options), device=self.device)
 
     def evaluate(self, wiring: dict[str, Any], policies: dict[str, Path]) -> None:
         """Run ``lit-rlhf evaluate`` on the evaluate stage's merged config with ``policies``, in this process."""
@@ -393,7 +446,7 @@ class WorldPipeline(Pipeline):
 
     @property
     def inputs(self) -> dict[str, tuple[str, ...]]:
-        return INPUTS
+        return without_stages(INPUTS, self.absent_stages())
 
     @property
     def world(self):
@@ -466,6 +519,16 @@ class WorldPipeline(Pipeline):
         }
         self.fit("rm", model=model, data={"train_files": str(c / "train.jsonl"), "val_files": str(c / "val.jsonl")})
 
+    def run_dpo(self, console: Any) -> None:
+        self.fit("dpo", *self.dpo_wiring())
+
+    def dpo_wiring(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The model and data options DPO gets from the earlier stages: the SFT policy and the RM's comparisons."""
+        c = self.dir("comparisons")
+        sft = str(self.export("sft"))
+        model = {"model_name_or_path": sft, "tokenizer_name_or_path": sft, "model_config": None}
+        return model, {"train_files": str(c / "train.jsonl"), "val_files": str(c / "val.jsonl")}
+
     def _ppo(self, stage: str) -> None:
         self.fit(stage, *self.ppo_wiring())
 
@@ -508,7 +571,7 @@ class WorldPipeline(Pipeline):
 
     def run_evaluate(self, console: Any) -> None:
         policies = {"base": self.export("pretrain"), "base_prompted": self.dir("base_prompted")}
-        policies |= {s: self.export(s) for s in ("sft", "ppo", "ppo_ptx")}
+        policies |= {s: self.export(s) for s in ("sft", "dpo", "ppo", "ppo_ptx") if s in self.inputs}
         fewshot = self.fewshot_probes()
         wiring = {
             "prompts_file": str(self.world.heldout),
@@ -520,6 +583,16 @@ class WorldPipeline(Pipeline):
             "group_by": "constrained",
         }
         self.evaluate(wiring, policies)
+
+    def run_overoptimization(self, console: Any) -> None:
+        wiring = {
+            "sft": str(self.export("sft")),
+            "rm_dir": str(self.export("rm")),
+            "gold": TRUE_QUALITY,  # the hidden quality itself
+            "judge": PANEL_JUDGE,
+            "prompts_file": str(self.world.heldout),
+        }
+        self.overoptimization(wiring, self.ppo_iterations())
 
     def fewshot_probes(self) -> Path | None:
         """``<world>/eval/fewshot.jsonl``, the few-shot probes of the world's corpus skills (written when absent); None
@@ -576,8 +649,7 @@ class OwnDataPipeline(Pipeline):
             "gold_rm": self.judge_model_path is not None,
             "ppo_ptx": not self.data.pretraining_files,
         }
-        kept = [s for s in OWN_DATA_INPUTS if not absent.get(s)]
-        return {s: tuple(i for i in OWN_DATA_INPUTS[s] if i in kept) for s in kept}
+        return without_stages(OWN_DATA_INPUTS, {s for s, gone in absent.items() if gone} | self.absent_stages())
 
     @property
     def files(self) -> DataFiles:
@@ -661,6 +733,12 @@ class OwnDataPipeline(Pipeline):
     def run_rm(self, console: Any) -> None:
         self._rm("rm", self.files.rm_preferences)
 
+    def run_dpo(self, console: Any) -> None:
+        # The RM's half of the preferences: the gold RM's half stays unseen by every policy it judges.
+        sft = str(self.export("sft"))
+        model = {"model_name_or_path": sft, "tokenizer_name_or_path": sft, "model_config": None}
+        self.fit("dpo", model=model, data=self._data(str(self.files.rm_preferences)))
+
     def run_gold_rm(self, console: Any) -> None:
         # Trained as the RM is, from the same SFT model: the two differ only in the half of the prompts they saw,
         # so the gap between their verdicts on a policy measures how far PPO exploited the RM's own half.
@@ -682,7 +760,7 @@ class OwnDataPipeline(Pipeline):
         self._ppo("ppo_ptx")
 
     def run_evaluate(self, console: Any) -> None:
-        policies = {s: self.export(s) for s in ("sft", "ppo", "ppo_ptx") if s in self.inputs}
+        policies = {s: self.export(s) for s in ("sft", "dpo", "ppo", "ppo_ptx") if s in self.inputs}
         val = self.files.pretraining_val
         wiring = {
             "prompts_file": eval_prompt_files(self.data, self.files),
@@ -694,6 +772,16 @@ class OwnDataPipeline(Pipeline):
             "pretraining_file": str(val) if val.is_file() else None,
         }
         self.evaluate(wiring, policies)
+
+    def run_overoptimization(self, console: Any) -> None:
+        wiring = {
+            "sft": str(self.export("sft")),
+            "rm_dir": str(self.export("rm")),
+            "gold": f"rm:{self.judge}",  # the judge of the evaluation, which trained no policy
+            "judge": None,
+            "prompts_file": eval_prompt_files(self.data, self.files),
+        }
+        self.overoptimization(wiring, self.ppo_iterations())
 
     def judge_info(self) -> dict[str, Any]:
         """Who judges the evaluation and how it was made (written into results.json)."""
@@ -760,9 +848,11 @@ def pipeline_command(
     comparisons: dict[str, Any] | None = None,
     rm: StageSpec | None = None,
     gold_rm: StageSpec | None = None,
+    dpo: StageSpec | None = None,
     ppo: StageSpec | None = None,
     ppo_ptx: StageSpec | None = None,
     evaluate: StageSpec | None = None,
+    overoptimization: StageSpec | None = None,
     few_shot: int = 3,
     wandb: bool = True,
     until: str | None = None,
@@ -770,9 +860,10 @@ def pipeline_command(
     """Run the whole InstructGPT recipe, stage by stage, resuming where it stopped: on the instruction world, or on
     your model and files (--data.*).
 
-    World: world -> pretrain -> sft -> comparisons -> rm -> ppo, ppo_ptx -> base_prompted -> evaluate, judged by
-    the world's held-out labeler panel. Your data: data -> pretrain (without --model_name_or_path) -> sft -> rm,
-    gold_rm -> ppo, ppo_ptx (with --data.pretraining_files) -> evaluate, judged by a gold RM trained on the half of
+    World: world -> pretrain -> sft -> comparisons -> rm -> dpo (with --dpo) -> ppo, ppo_ptx -> base_prompted ->
+    evaluate, judged by the world's held-out labeler panel. Your data: data -> pretrain (without
+    --model_name_or_path) -> sft -> rm, gold_rm -> dpo (with --dpo) -> ppo, ppo_ptx (with --data.pretraining_files)
+    -> evaluate, judged by a gold RM trained on the half of
     the preferences the RM never saw (or --judge_model_path). Each stage runs its own YAML with the same modules as
     'lit-rlhf fit'; outputs go to <runs_dir>/<name>/<stage>/ and a stage whose complete output exists is skipped, so
     a rerun continues where the last one stopped. The evaluation (win rates against SFT) lands in
@@ -799,10 +890,16 @@ def pipeline_command(
             world's labelers.
         rm: The reward-model stage (starts from SFT; trained on the comparisons, or on one half of your preferences).
         gold_rm: With --data: the gold RM, trained on the other half of your preferences; null: as --rm.
+        dpo: The DPO stage (configs/dpo/tiny.yaml): the SFT policy trained by DPO on the RM's comparisons (your
+            data: the RM's half of the preferences) and evaluated beside PPO; null: no DPO.
         ppo: The PPO stage (policy and reference from SFT, reward and value from the RM).
         ppo_ptx: The PPO-ptx stage (PPO plus the pretraining loss on the world's corpus or your pretraining files).
         evaluate: The evaluation: {config: configs/evaluate/tiny.yaml, overrides: {...}}; the pipeline sets the
             policies, the prompts, the judge and the output directory.
+        overoptimization: The over-optimisation curve (Gao et al. 2022): {config:
+            configs/overoptimization/tiny.yaml, overrides: {...}}; the pipeline sets the SFT policy, the RM (proxy),
+            the gold scorer (the world's hidden quality; your data: the judge), the prompts and PPO's exports along
+            training (set the PPO stage's model.export_every_n_iterations). null: no curve.
         few_shot: World: demonstrations put before every prompt of the prompted base (base_prompted).
         wandb: Log every stage to W&B as its own run, grouped by --name (offline without a key); CSV metrics are
             written to <stage>/metrics.csv either way.
@@ -817,6 +914,7 @@ def pipeline_command(
         stages = tuple(OWN_DATA_INPUTS)
         optional = {"pretrain": model_name_or_path is None, "ppo_ptx": bool(data.pretraining_files)}
         needed = tuple(k for k in specs if k != "gold_rm" and optional.get(k, True))
+    specs |= {"dpo": dpo, "overoptimization": overoptimization}  # optional in both pipelines: null, no such stage
     problems = _problems(world, data, specs, needed, stages, until, own)
     if few_shot < 0:
         problems.append(f"--few_shot must be >= 0, got {few_shot}")

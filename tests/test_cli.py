@@ -77,9 +77,10 @@ RECORDS += "num_workers seed allow_dropping_most"
 STAGE_FLAGS = {  # (--model.help or --data.help, class): every flag its --help must show, each with a description
     ("model", "SFTModule"): f"{FINE_TUNING} num_sample_prompts sample_max_new_tokens",
     ("model", "RewardModule"): f"{FINE_TUNING} normalize normalize_std reference_files max_references",
+    ("model", "DPOModule"): f"{FINE_TUNING} beta loss_type label_smoothing reference_model_path precompute_reference",
     ("model", "PPOModule"): (
         "model_name_or_path reward_model_path value_model_path value_model reward_fn tokenizer_name_or_path "
-        "allow_other_tokenizer export_dir "
+        "allow_other_tokenizer export_dir export_every_n_iterations "
         "minibatch_size micro_batch_size forward_batch_size ppo_epochs trim_padding max_new_tokens temperature top_k "
         "top_p no_eos_score kl_coef kl_target kl_horizon kl_estimator whiten_rewards gamma lam clip_range "
         "clip_range_value vf_coef ptx_coef ptx_examples_per_episode learning_rate value_learning_rate weight_decay "

@@ -4,6 +4,7 @@ completes, writes results.json and resumes after an interrupted stage."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +32,7 @@ from tests.conftest import REPO, run_cli, write_jsonl
 
 RESULT_KEYS = {"n", "win_rate", "win_rate_ci95", "rm_win_rate", "invented_answer_rate", "toxic_rate", "lm_loss",
                "kl_to_sft"}  # fmt: skip
-POLICIES = {"base", "base_prompted", "sft", "ppo", "ppo_ptx"}
+POLICIES = {"base", "base_prompted", "sft", "dpo", "ppo", "ppo_ptx", "best_of_2"}
 
 
 # --------------------------------------------------------------------------- plain text: LM loss on every token
@@ -175,7 +176,7 @@ def test_smoke_pipeline_completes_and_resumes(tmp_path, monkeypatch):
         m.setattr(WorldPipeline, "run_ppo_ptx", boom)
         with pytest.raises(KeyboardInterrupt):
             main(args)
-    for stage in ("pretrain", "sft", "rm", "ppo"):
+    for stage in ("pretrain", "sft", "rm", "dpo", "ppo"):
         assert read_export_metadata(root / stage / "hf") is not None, stage
     assert (root / "comparisons" / "stats.json").is_file()
     assert read_export_metadata(root / "ppo_ptx" / "hf") is None
@@ -189,13 +190,17 @@ def test_smoke_pipeline_completes_and_resumes(tmp_path, monkeypatch):
     assert sft_cfg["data"]["init_args"]["train_files"] == str(root / "world" / "sft" / "train.jsonl")
     ppo_cfg = yaml.safe_load((root / "configs" / "ppo.yaml").read_text())
     assert ppo_cfg["model"]["init_args"]["reward_model_path"] == str(root / "rm" / "hf")
+    dpo_cfg = yaml.safe_load((root / "configs" / "dpo.yaml").read_text())  # DPO: SFT on the RM's comparisons
+    assert dpo_cfg["model"]["init_args"]["model_name_or_path"] == str(root / "sft" / "hf")
+    assert dpo_cfg["data"]["init_args"]["train_files"] == str(root / "comparisons" / "train.jsonl")
     assert (root / "pretrain" / "metrics.csv").is_file()
 
     # 2. Rerun: the earlier stages are skipped, the interrupted one and those after it run.
     main(args)
     statuses = _statuses(root)
-    assert {s: statuses[s] for s in STAGES[:6]} == dict.fromkeys(STAGES[:6], "skipped")
-    assert {s: statuses[s] for s in STAGES[6:]} == dict.fromkeys(STAGES[6:], "done")
+    at = STAGES.index("ppo_ptx")
+    assert {s: statuses[s] for s in STAGES[:at]} == dict.fromkeys(STAGES[:at], "skipped")
+    assert {s: statuses[s] for s in STAGES[at:]} == dict.fromkeys(STAGES[at:], "done")
     assert (root / "ppo" / "hf" / "model.safetensors").stat().st_mtime_ns == ppo_export
     results = json.loads((root / "evaluate" / "results.json").read_text())
     assert set(results) == POLICIES
@@ -205,6 +210,15 @@ def test_smoke_pipeline_completes_and_resumes(tmp_path, monkeypatch):
     assert results["sft"]["win_rate"] == 0.5 and results["sft"]["kl_to_sft"] == 0.0
     settings = json.loads((root / "evaluate" / "settings.json").read_text())
     assert settings["policies"]["base_prompted"] == str(root / "base_prompted")
+    assert results["best_of_2"]["kl_to_sft"] == pytest.approx(math.log(2) - 1 / 2)  # best-of-2 samples SFT
+    # The over-optimisation curve: best-of-n of SFT and PPO's exports along training, gold the hidden quality.
+    curve = json.loads((root / "overoptimization" / "overoptimization.json").read_text())
+    named = {(p["method"], p["name"]) for p in curve["points"]}
+    assert {("rl", "sft"), ("rl", "ppo_iter_0001"), ("rl", "ppo_iter_0002")} <= named
+    assert ("rl", "ppo") not in named, "the final export is the last iteration's: not measured twice"
+    assert sorted(p["n"] for p in curve["points"] if p["method"] == "best_of_n") == [1, 2, 4]
+    assert curve["settings"]["gold"] == "lit_rlhf.world.labelers:true_reward"
+    assert (root / "overoptimization" / "overoptimization.png").is_file()
 
     # 3. A stage whose export lost its marker is redone, and so are the stages that read it (evaluate), but
     #    not its siblings (ppo_ptx).
@@ -218,12 +232,14 @@ def test_smoke_pipeline_completes_and_resumes(tmp_path, monkeypatch):
     # 4. Settings are chosen on the dev slice by the training labelers (benchmarks/select_settings.py).
     select = [sys.executable, str(REPO / "benchmarks" / "select_settings.py"), "--config", "configs/pipeline/smoke.yaml",
               "--name", "smoke", "--runs_dir", str(tmp_path), "--iterations", "1", "--kl_coefs", "0.02",
-              "--learning_rates", "1e-5,1e-4", "--ptx_coefs", "0.5", "--max_dev_prompts", "4"]  # fmt: skip
+              "--learning_rates", "1e-5,1e-4", "--ptx_coefs", "0.5", "--max_dev_prompts", "4", "--dpo_betas", "0.1",
+              "--dpo_learning_rates", "1e-4", "--dpo_epochs", "1"]  # fmt: skip
     subprocess.run(select, check=True, cwd=REPO)
     selection = json.loads((root / "selection" / "selection.json").read_text())
     assert [c["candidate"] for c in selection["candidates"]] == [
-        "ppo_it1_kl0.02_lr1e-05", "ppo_it1_kl0.02_lr0.0001", "ppo_ptx_gamma0.5"]  # fmt: skip
+        "ppo_it1_kl0.02_lr1e-05", "ppo_it1_kl0.02_lr0.0001", "ppo_ptx_gamma0.5", "dpo_beta0.1_lr0.0001_ep1"]  # fmt: skip
     assert selection["learning_rate"] in (1e-5, 1e-4) and selection["ptx_coef"] == 0.5
+    assert selection["dpo"] == {"beta": 0.1, "learning_rate": 1e-4, "epochs": 1}
     assert set(selection["sft_habits"]) == {"ignores_constraint", "preamble", "padding"}  # measured before PPO
     dev = yaml.safe_load((root / "selection" / "configs" / "dev_eval.yaml").read_text())
     assert dev["judge"] == "lit_rlhf.world.labelers:dev_judge"

@@ -169,6 +169,7 @@ def _pipeline_config(tmp_path: Path, files: dict[str, Path], **more) -> Path:
                 "overrides": {"model": {"warmup": 1}, "trainer": {**steps, "callbacks": []}}},
         "rm": {"config": "configs/rm/tiny.yaml",
                "overrides": {"model": {"max_references": 8}, "trainer": {**steps, "max_steps": 3}}},
+        "dpo": {"config": "configs/dpo/tiny.yaml", "overrides": {"trainer": steps}},
         "ppo": {"config": "configs/ppo/tiny.yaml", "overrides": ppo},
         "ppo_ptx": {"config": "configs/ppo_ptx/tiny.yaml", "overrides": ppo},
         "evaluate": {"config": "configs/evaluate/tiny.yaml", "overrides": {"max_new_tokens": 6}},
@@ -270,7 +271,7 @@ def _statuses(root: Path) -> dict[str, str]:
     return {k: v["status"] for k, v in json.loads((root / "pipeline.json").read_text())["stages"].items()}
 
 
-TRAINED = ("pretrain", "sft", "rm", "gold_rm", "ppo", "ppo_ptx")
+TRAINED = ("pretrain", "sft", "rm", "gold_rm", "dpo", "ppo", "ppo_ptx")
 FIGURES = {"n", "win_rate", "win_rate_ci95", "wins", "ties", "losses", "rm_win_rate", "kl_to_sft", "lm_loss"}
 
 
@@ -297,25 +298,26 @@ def test_own_data_pipeline_end_to_end_and_resumes(tmp_path, monkeypatch):
     assert len(load_tokenizer(str(root / "pretrain" / "tokenizer"))) == 300  # --vocab_size, trained on the text
 
     # The stages are wired to the data step's files: each RM on its half, from SFT, which starts from the base LM.
-    configs = {s: yaml.safe_load((root / "configs" / f"{s}.yaml").read_text()) for s in ("sft", "rm", "gold_rm")}
+    configs = {s: yaml.safe_load((root / "configs" / f"{s}.yaml").read_text()) for s in ("sft", "rm", "gold_rm", "dpo")}
     assert configs["sft"]["model"]["init_args"]["model_name_or_path"] == str(root / "pretrain" / "hf")
-    for stage, half in (("rm", "rm_preferences.jsonl"), ("gold_rm", "gold_rm_preferences.jsonl")):
+    halves = (("rm", "rm_preferences.jsonl"), ("gold_rm", "gold_rm_preferences.jsonl"), ("dpo", "rm_preferences.jsonl"))
+    for stage, half in halves:  # DPO learns from the RM's half: the gold RM's stays unseen by every policy
         assert configs[stage]["data"]["init_args"]["train_files"] == str(root / "data" / half)
         assert configs[stage]["model"]["init_args"]["model_name_or_path"] == str(root / "sft" / "hf")
 
     # 2. Rerun: the finished stages are skipped, PPO and what follows run.
     lit_rlhf(args)
     statuses = _statuses(root)
-    assert [statuses[s] for s in ("data", *TRAINED[:4])] == ["skipped"] * 5
+    assert [statuses[s] for s in ("data", *TRAINED[:5])] == ["skipped"] * 6
     assert [statuses[s] for s in ("ppo", "ppo_ptx", "evaluate")] == ["done"] * 3
     assert (root / "rm" / "hf" / "model.safetensors").stat().st_mtime_ns == rm_export
     for stage in TRAINED:
         assert read_export_metadata(root / stage / "hf") is not None, stage
     results = json.loads((root / "evaluate" / "results.json").read_text())
-    assert set(results) == {"sft", "ppo", "ppo_ptx", "judge"}
-    for policy in ("sft", "ppo", "ppo_ptx"):
+    assert set(results) == {"sft", "dpo", "ppo", "ppo_ptx", "judge"}
+    for policy in ("sft", "dpo", "ppo", "ppo_ptx"):
         assert FIGURES <= set(results[policy]) and results[policy]["n"] == 6, policy
-    for policy in ("ppo", "ppo_ptx"):
+    for policy in ("dpo", "ppo", "ppo_ptx"):
         counts = [results[policy][k] for k in ("wins", "ties", "losses")]
         assert sum(counts) == 6 and results[policy]["win_rate"] == (counts[0] + counts[1] / 2) / 6
     assert results["sft"]["win_rate"] == 0.5 and results["sft"]["kl_to_sft"] == 0.0
@@ -340,10 +342,11 @@ def test_own_data_pipeline_end_to_end_and_resumes(tmp_path, monkeypatch):
     GPT2LMHeadModel(config).save_pretrained(tmp_path / "my_model")
     tokenizer.save_pretrained(tmp_path / "my_model")
     lit_rlhf([*args, "--name", "mine", "--model_name_or_path", str(tmp_path / "my_model"),
-              "--judge_model_path", str(root / "gold_rm" / "hf"), "--data.pretraining_files", "null"])  # fmt: skip
+              "--judge_model_path", str(root / "gold_rm" / "hf"), "--data.pretraining_files", "null",
+              "--dpo", "null"])  # fmt: skip
     mine = tmp_path / "runs" / "mine"
     assert set(_statuses(mine)) == {"data", "sft", "rm", "ppo", "evaluate"}
-    assert not {"pretrain", "gold_rm", "ppo_ptx"} & {p.name for p in mine.iterdir()}
+    assert not {"pretrain", "gold_rm", "dpo", "ppo_ptx"} & {p.name for p in mine.iterdir()}
     sft_config = yaml.safe_load((mine / "configs" / "sft.yaml").read_text())
     assert sft_config["model"]["init_args"]["model_name_or_path"] == str(tmp_path / "my_model")
     assert len(read_jsonl(mine / "data" / "rm_preferences.jsonl")) == split["preferences"]["records"]

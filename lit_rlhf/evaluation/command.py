@@ -1,5 +1,6 @@
-"""The ``lit-rlhf evaluate`` subcommand: a method of :class:`lit_rlhf.cli.LitRLHFTrainer` (LightningCLI builds the
-subcommand's options from its signature and its docstring becomes ``--help``)."""
+"""The ``lit-rlhf evaluate`` and ``lit-rlhf overoptimization`` subcommands: methods of
+:class:`lit_rlhf.cli.LitRLHFTrainer` (LightningCLI builds a subcommand's options from its signature and its docstring
+becomes ``--help``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import lightning as L
 
 from lit_rlhf.evaluation.options import EvaluateOptions
+from lit_rlhf.evaluation.overoptimization import OveroptimizationOptions
 
 
 def evaluate_command(
@@ -67,4 +69,24 @@ def _evaluate_in_processes(trainer: Any, options: EvaluateOptions, logger: Any) 
             dist.destroy_process_group()
 
 
-__all__ = ["evaluate_command"]
+def overoptimization_command(
+    self: L.Trainer, model: Any = None, datamodule: Any = None, **options: Any
+) -> dict[str, Any]:
+    """Reward-model over-optimisation (Gao et al. 2022): gold and proxy score against sqrt(KL) from the SFT policy.
+
+    For best-of-n of the SFT policy and for RL checkpoints, with Gao et al.'s fits. Writes overoptimization.json and overoptimization.png into --output_dir and logs the fits to --trainer.logger
+    (false for none). Runs in one process on --trainer.accelerator's device. Needs no --model or --data.
+
+    Args:
+        model: Unused (LightningCLI passes it to every subcommand).
+        datamodule: Unused.
+        options: The fields of :class:`lit_rlhf.evaluation.overoptimization.OveroptimizationOptions`, one flag each.
+    """
+    from lit_rlhf.evaluation.overoptimization import overoptimization
+
+    if self.world_size > 1:
+        raise ValueError("lit-rlhf overoptimization runs in one process: drop --trainer.devices / --trainer.strategy")
+    return overoptimization(OveroptimizationOptions(**options), device=self.strategy.root_device, logger=self.logger)
+
+
+__all__ = ["evaluate_command", "overoptimization_command"]

@@ -9,6 +9,10 @@ Outputs (written atomically into ``output_dir``):
 * ``samples.jsonl``: each prompt with every policy's response;
 * ``settings.json``: the options, the judge and the policy directories.
 
+A best-of-n entry (``--best_of_n``) is one more policy: for each prompt the highest-scoring, by a reward model, of n
+samples of a policy of ``--policies`` (:mod:`.best_of_n`); it is judged, grouped and measured like the others, with
+the closed-form KL when it samples the baseline and no LM loss or benchmarks of its own.
+
 Under several processes (``lit-rlhf evaluate --trainer.devices=N --trainer.strategy=ddp|fsdp2``, or any initialised
 ``torch.distributed`` group), every process loads each policy whole and takes every N-th prompt, text, question and
 probe; the figures are combined with their weights (examples, or tokens for the LM loss), so greedy decoding and
@@ -31,8 +35,9 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from lit_rlhf.evaluation import metrics as M
+from lit_rlhf.evaluation.best_of_n import best_of_n_kl, pick_best, sample_n
 from lit_rlhf.evaluation.judges import Judge, RewardModelJudge, judge_name, judge_pairs, load_judge
-from lit_rlhf.evaluation.options import EvaluateOptions
+from lit_rlhf.evaluation.options import BestOfN, EvaluateOptions
 from lit_rlhf.evaluation.plots import plot_win_rates
 from lit_rlhf.evaluation.prompts import EvalPrompt, load_eval_prompts
 from lit_rlhf.evaluation.stats import win_rate
@@ -163,7 +168,9 @@ def evaluate(
         ``gsm8k_accuracy`` and one rate per response metric. A figure that was not computed is None. The baseline's
         win rates are 0.5 by definition (it is not judged against itself). With ``options.group_by`` also
         ``by_<group_by>``: group -> ``n`` and that group's win rates, counts and response metric rates (see
-        :func:`prompt_groups`). Empty on every process but rank 0.
+        :func:`prompt_groups`). Each ``--best_of_n`` entry is a policy too (after ``options.policies``): its
+        ``kl_to_<baseline>`` is ``log n - (n-1)/n`` when it samples the baseline, else None, and its ``lm_loss``,
+        ``fewshot_accuracy`` and benchmarks are None. Empty on every process but rank 0.
     """
     # 1. Check everything that can be checked before loading a model; read the data; load the judges (rank 0).
     options.check()
@@ -175,7 +182,8 @@ def evaluate(
     judge, rm_judge = load_judges(options, shard, device)
     # 2. Generate and measure with every policy on this process's share, then combine the processes' figures
     # (every rank takes part; rank 0 goes on alone).
-    order = [options.baseline, *[n for n in options.policies if n != options.baseline]]
+    names = [*options.policies, *options.best_of_n_entries()]
+    order = [options.baseline, *[n for n in names if n != options.baseline]]
     local = measure_policies(options, order, data.share(shard), device)
     gathered = shard.gather(local)
     if shard.rank != 0:
@@ -193,7 +201,7 @@ def evaluate(
             results[name][f"by_{options.group_by}"] = {
                 group: {"n": len(indices), **verdicts.figures(indices)} for group, indices in groups.items()
             }
-    results = {name: {k: _json_value(v) for k, v in results[name].items()} for name in options.policies}
+    results = {name: {k: _json_value(v) for k, v in results[name].items()} for name in names}
     # 4. Report: table, files, logger.
     report(options, results, data.prompts, responses, judge, logger, print_table)
     return results
@@ -270,15 +278,19 @@ def measure_policies(
     options: EvaluateOptions, order: list[str], data: EvalData, device: torch.device
 ) -> tuple[dict[str, Figures], dict[str, list[str]]]:
     """Generate with every policy in ``order`` (the baseline first: each other policy's KL is measured against it)
-    on ``data``, and measure it.
+    on ``data``, and measure it; a best-of-n entry right after the policy it samples, while that one is loaded.
 
     Returns:
         Policy name -> its figures, and policy name -> its responses to ``data.prompts``.
     """
     base = Policy.load(options, options.baseline, device)
+    best_of_n = options.best_of_n_entries()
+    scorers: dict[str, RewardModelJudge] = {}  # reward-model directory -> the model, loaded once
     figures: dict[str, Figures] = {}
     responses: dict[str, list[str]] = {}
     for name in order:
+        if name in best_of_n:
+            continue
         log.info("evaluate: generating with %s (%s) on %d prompts", name, options.policies[name], len(data.prompts))
         policy = base if name == base.name else Policy.load(options, name, device)
         generations = M.generate(
@@ -295,8 +307,34 @@ def measure_policies(
             f"kl_to_{base.name}": kl_figure(policy, base, generations, options.batch_size),
             **benchmark_figures(policy, data, options),
         }
+        for bon_name, spec in best_of_n.items():
+            if spec.policy != name:
+                continue
+            log.info("evaluate: best of %d of %s by %s (%s)", spec.n, name, spec.reward_model, bon_name)
+            if spec.reward_model not in scorers:
+                scorers[spec.reward_model] = RewardModelJudge(
+                    spec.reward_model, batch_size=options.batch_size, template=options.template, device=device
+                )
+            best = best_of_n_generations(spec, policy, data, options, scorers[spec.reward_model])
+            responses[bon_name] = [g.text for g in best]
+            kl = (best_of_n_kl(spec.n), len(best)) if policy is base else (None, 0)  # the closed form, see its doc
+            figures[bon_name] = {**response_figures(best), f"kl_to_{base.name}": kl}
         del policy  # the baseline stays loaded (as base) until every policy is measured
     return figures, responses
+
+
+def best_of_n_generations(
+    spec: BestOfN, policy: Policy, data: EvalData, options: EvaluateOptions, scorer: RewardModelJudge
+) -> list[M.Generation]:
+    """For each prompt of ``data``, the sample of ``spec.n`` from ``policy`` that ``scorer`` scores highest (the
+    earliest on a tie); the samples are seeded by ``options.seed`` and each prompt's index (:func:`sample_n`)."""
+    samples = sample_n(policy.model, policy.tokenizer, data.prompts, spec.n, indices=data.indices, seed=options.seed,
+                       max_new_tokens=options.max_new_tokens, batch_size=options.batch_size,
+                       template=options.template)  # fmt: skip
+    prompts = [prompt for prompt, drawn in zip(data.prompts, samples, strict=True) for _ in drawn]
+    scores = scorer.scores(prompts, [g.text for drawn in samples for g in drawn])
+    n = spec.n
+    return [drawn[pick_best(scores[i * n : (i + 1) * n])] for i, drawn in enumerate(samples)]
 
 
 def response_figures(generations: list[M.Generation]) -> Figures:
@@ -384,6 +422,7 @@ def report(
         "template": options.template,
         "shuffle_positions": options.shuffle_positions,
         "group_by": options.group_by,
+        "best_of_n": {name: dataclasses.asdict(spec) for name, spec in options.best_of_n_entries().items()},
     }
     table_text = render_table(results, options.baseline, print_table)
     output_dir = Path(options.output_dir) if options.output_dir is not None else None

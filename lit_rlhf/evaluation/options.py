@@ -3,12 +3,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lit_rlhf.data.collate import Template
 from lit_rlhf.data.records import expand_files
+
+
+@dataclass(frozen=True)
+class BestOfN:
+    """A best-of-n policy: n samples per prompt from a policy, the one a reward model scores highest kept.
+
+    Args:
+        n: Samples per prompt (>= 1), at temperature 1 and top-p 1.
+        policy: The policy sampled, a name in --policies; null: the baseline.
+        reward_model: The reward-model directory that picks the best sample; null: --rm_dir.
+    """
+
+    n: int
+    policy: str | None = None
+    reward_model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +71,12 @@ class EvaluateOptions:
         lm_max_length: Longest pretraining text, in tokens, for the LM loss.
         shuffle_positions: Show a seeded half of the pairs to the judge in swapped order, so a judge that prefers
             the first (or second) answer favours no policy.
+        best_of_n: Best-of-n policies, name -> {n, policy, reward_model}, e.g. '{bon16: {policy: sft, n: 16}}':
+            each answers a prompt with the highest-scoring of n samples (temperature 1, top-p 1, each sample its
+            own seeded stream whatever --do_sample, --temperature and --top_p say) of `policy` (default --baseline)
+            by `reward_model` (default --rm_dir), and is judged and measured like the other policies. Its KL to the
+            baseline is the standard log n - (n-1)/n (an upper bound, Beirami et al. 2024) when it samples the
+            baseline, null otherwise; its LM loss and benchmarks are null (they would be the sampled policy's).
     """
 
     policies: dict[str, str]
@@ -81,6 +103,20 @@ class EvaluateOptions:
     template: Template = "auto"
     lm_max_length: int = 512
     shuffle_positions: bool = True
+    best_of_n: dict[str, BestOfN] | None = None
+
+    def __post_init__(self) -> None:
+        # From Python or a pipeline override an entry may be a plain mapping; the CLI gives BestOfN already.
+        if self.best_of_n is not None:
+            entries = {name: _best_of_n(name, spec) for name, spec in self.best_of_n.items()}
+            object.__setattr__(self, "best_of_n", entries)
+
+    def best_of_n_entries(self) -> dict[str, BestOfN]:
+        """Each best-of-n policy by name, its ``policy`` and ``reward_model`` defaults filled in."""
+        return {
+            name: BestOfN(spec.n, spec.policy or self.baseline, spec.reward_model or self.rm_dir)
+            for name, spec in (self.best_of_n or {}).items()
+        }
 
     def generation_settings(self) -> dict[str, Any]:
         """How responses to the prompts are generated (recorded in ``settings.json``)."""
@@ -124,8 +160,41 @@ class EvaluateOptions:
             problems.append(f"--max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature <= 0:
             problems.append(f"--temperature must be > 0, got {self.temperature}")
+        problems.extend(self.best_of_n_problems())
         if problems:
             raise ValueError("cannot evaluate:\n  " + "\n  ".join(problems))
 
+    def best_of_n_problems(self) -> list[str]:
+        """What is wrong with ``--best_of_n`` (empty when nothing is)."""
+        problems = []
+        for name, spec in self.best_of_n_entries().items():
+            flag = f"--best_of_n {name!r}"
+            if name in self.policies:
+                problems.append(f"{flag}: the name is taken by one of --policies; rename it")
+            if name == "judge" and self.judge_info is not None:
+                problems.append(f"{flag}: 'judge' is the key of --judge_info in results.json; rename it")
+            if spec.n < 1:
+                problems.append(f"{flag}: n must be >= 1, got {spec.n}")
+            if spec.policy not in self.policies:
+                problems.append(f"{flag}: policy {spec.policy!r} is not one of --policies {sorted(self.policies)}")
+            if spec.reward_model is None:
+                problems.append(f"{flag}: no reward model to pick the best sample; give its reward_model or --rm_dir")
+            elif not (Path(spec.reward_model) / "config.json").is_file():
+                problems.append(f"{flag}: reward_model {spec.reward_model}: no config.json there")
+        return problems
 
-__all__ = ["EvaluateOptions"]
+
+def _best_of_n(name: str, spec: BestOfN | Mapping[str, Any]) -> BestOfN:
+    if isinstance(spec, BestOfN):
+        return spec
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"--best_of_n {name!r}: give {{n, policy, reward_model}}, got {spec!r}")
+    unknown = sorted(set(spec) - {"n", "policy", "reward_model"})
+    if unknown or "n" not in spec:
+        raise ValueError(
+            f"--best_of_n {name!r}: give {{n, policy, reward_model}} (n required), got keys {sorted(spec)}"
+        )
+    return BestOfN(**spec)
+
+
+__all__ = ["BestOfN", "EvaluateOptions"]

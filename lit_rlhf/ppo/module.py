@@ -115,6 +115,11 @@ class PPOModule(StageModule):
             policy's own is refused unless ``allow_other_tokenizer``.
         allow_other_tokenizer: Train the policy with a tokenizer other than its own.
         export_dir: Where the final policy goes; default ``<trainer.default_root_dir>/hf``.
+        export_every_n_iterations: Also export the policy (as the final export: a Hugging Face directory, the EMA
+            weights under ``ema_decay``) after every this many PPO iterations, to ``<parent of the export
+            dir>/hf_iterations/iter_<iteration, 4 digits or more>`` (by default
+            ``<trainer.default_root_dir>/hf_iterations/iter_0010``, ...); e.g. for ``lit-rlhf overoptimization
+            --checkpoints``. 0 never.
         minibatch_size: Episodes per optimizer step on one process; must divide ``--data.batch_size``.
         micro_batch_size: Episodes per forward/backward (gradient accumulation); must divide ``minibatch_size``.
         forward_batch_size: Episodes per no-grad scoring forward; default ``micro_batch_size``.
@@ -178,6 +183,7 @@ class PPOModule(StageModule):
         tokenizer_name_or_path: str | None = None,
         allow_other_tokenizer: bool = False,
         export_dir: str | None = None,
+        export_every_n_iterations: int = 0,
         minibatch_size: int = 8,
         micro_batch_size: int = 8,
         forward_batch_size: int | None = None,
@@ -280,6 +286,8 @@ class PPOModule(StageModule):
             problems.append("--model.ptx_examples_per_episode x --model.micro_batch_size must be >= 1 under PPO-ptx")
         if hp.ema_decay is not None and not 0 < hp.ema_decay < 1:
             problems.append(f"--model.ema_decay must be in (0, 1), got {hp.ema_decay}")
+        if hp.export_every_n_iterations < 0:
+            problems.append(f"--model.export_every_n_iterations must be >= 0, got {hp.export_every_n_iterations}")
         if hp.max_grad_norm is not None and not hp.max_grad_norm > 0:
             problems.append(f"--model.max_grad_norm must be > 0 or null, got {hp.max_grad_norm}")
         if problems:
@@ -431,6 +439,7 @@ class PPOModule(StageModule):
         self.log_dict({**rollout_stats, **train_stats, "ppo/iteration": float(self.iteration)}, sync_dist=True)
         self.log("ppo/score", rollout_stats["ppo/score_mean"], prog_bar=True, sync_dist=True)
         self.maybe_log_samples(batch, rollout)
+        self.maybe_export_iteration()
 
     @torch.no_grad()
     def collect_rollout(self, batch: dict[str, Tensor]) -> tuple[Rollout, dict[str, float]]:
@@ -701,6 +710,16 @@ class PPOModule(StageModule):
                          float(rollout.scores[i])])  # fmt: skip
         log_table(self, "ppo/samples", ["iteration", "prompt", "response", "score"], rows)
 
+    def iteration_export_dir(self, iteration: int) -> Path:
+        """Where ``export_every_n_iterations`` writes the policy after ``iteration``: beside the final export."""
+        return self.resolved_export_dir().parent / "hf_iterations" / f"iter_{iteration:04d}"
+
+    def maybe_export_iteration(self) -> None:
+        """Export the policy every ``export_every_n_iterations`` iterations (every rank takes part, rank 0 writes)."""
+        every = self.hparams.export_every_n_iterations
+        if every and self.iteration % every == 0:
+            self.export(self.iteration_export_dir(self.iteration))
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Whole tensors: under FSDP2 the entries outside the state dicts are saved by rank 0 alone, so a shard
         # would lose the other ranks' parts. (full_tensor is a collective; every rank saves.)
@@ -720,11 +739,12 @@ class PPOModule(StageModule):
             ema = [shard_like(t, p) for t, p in zip(ema, self._policy_trainable(), strict=True)]
         self.ema_params = ema
 
-    def export(self):
-        """Export the policy (its EMA weights when ``ema_decay`` is set) as a Hugging Face directory."""
+    def export(self, path: Path | None = None) -> Path | None:
+        """Export the policy (its EMA weights when ``ema_decay`` is set) as a Hugging Face directory at ``path``,
+        default the export dir."""
         context = self._ema_weights() if self.ema_params is not None else nullcontext()
         with context:
-            return super().export()
+            return super().export(path)
 
     @contextmanager
     def _ema_weights(self):
