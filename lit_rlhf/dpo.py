@@ -34,10 +34,8 @@ from torchmetrics import MeanMetric
 from lit_rlhf.data.collate import IGNORE_INDEX
 from lit_rlhf.data.modules import PreferenceCollator
 from lit_rlhf.distributed import is_fsdp2
-from lit_rlhf.losses import at_least_float32, plain_lm_head
+from lit_rlhf.losses import at_least_float32, logprobs_from_logits, plain_lm_head, ranking_pairs
 from lit_rlhf.models import freeze, load_model
-from lit_rlhf.ppo.core import logprobs_from_logits
-from lit_rlhf.reward import ranking_pairs
 from lit_rlhf.stage import FineTuningModule
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""Losses and model pieces the stages share (SFT, PPO-ptx): next-token loss on completion tokens only."""
+"""Losses and model pieces the stages share: next-token loss on completion tokens only (SFT, PPO-ptx), log-probabilities
+of labels (PPO, DPO), the pairs of a K-wise ranking (RM, DPO)."""
 
 from __future__ import annotations
 
@@ -55,3 +56,49 @@ def plain_lm_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Mod
     if backbone is None or head is None or getattr(base.config, "final_logit_softcapping", None):
         return None
     return backbone, head
+
+
+def ranking_pairs(group_ids: torch.Tensor, ranks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every ordered pair of completions of the same prompt, and its weight in eq. 1.
+
+    Args:
+        group_ids: (n,) long, the prompt (0 .. n_groups-1) each completion belongs to.
+        ranks: (n,) long, the rank of each completion within its prompt, 0 = best; equal ranks are a tie and form
+            no pair.
+
+    Returns:
+        better: (n_pairs,) long, index of the better completion of each pair.
+        worse: (n_pairs,) long, index of the worse one.
+        weights: (n_pairs,) float, 1 / (number of pairs of that prompt): 1 / C(K, 2) without ties.
+    """
+    same_prompt = group_ids[:, None] == group_ids[None, :]
+    ordered = ranks[:, None] < ranks[None, :]
+    better, worse = torch.nonzero(same_prompt & ordered, as_tuple=True)
+    pairs_per_group = torch.bincount(group_ids[better], minlength=int(group_ids.max()) + 1 if len(group_ids) else 0)
+    weights = 1.0 / pairs_per_group[group_ids[better]].to(torch.float32)
+    return better, worse, weights
+
+
+def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Log-probability of each label under ``softmax(logits / temperature)``.
+
+    Computed as ``logits[label] / T - logsumexp(logits / T)``, which never materialises a full log-softmax;
+    with ``temperature == 1`` no vocab-sized copy of ``logits`` is made either.
+
+    Args:
+        logits: (..., vocab) unnormalised scores.
+        labels: (...) int64 token ids in ``[0, vocab)`` whose log-probability is wanted.
+        temperature: the sampling temperature the tokens were drawn with; must be > 0.
+
+    Returns:
+        (...) the log-probability of each label, in ``logits``' dtype.
+
+    Raises:
+        ValueError: ``temperature`` is not positive.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if temperature != 1.0:
+        logits = logits / temperature
+    label_logits = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    return label_logits - torch.logsumexp(logits, dim=-1)

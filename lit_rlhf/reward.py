@@ -36,7 +36,7 @@ from torchmetrics import MeanMetric
 from lit_rlhf.data.collate import Template, encode_completion, encode_prompt, fit_to_length, pad_right
 from lit_rlhf.data.records import Files, Message, SFTExample, load_records, parse_sft_record
 from lit_rlhf.distributed import add_to_parameter, full_tensor, reshard
-from lit_rlhf.losses import at_least_float32
+from lit_rlhf.losses import at_least_float32, ranking_pairs
 from lit_rlhf.models import (
     apply_lora,
     export_pretrained,
@@ -51,27 +51,6 @@ from lit_rlhf.stage import FineTuningModule
 log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- the loss (pure torch)
-
-
-def ranking_pairs(group_ids: torch.Tensor, ranks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every ordered pair of completions of the same prompt, and its weight in eq. 1.
-
-    Args:
-        group_ids: (n,) long, the prompt (0 .. n_groups-1) each completion belongs to.
-        ranks: (n,) long, the rank of each completion within its prompt, 0 = best; equal ranks are a tie and form
-            no pair.
-
-    Returns:
-        better: (n_pairs,) long, index of the better completion of each pair.
-        worse: (n_pairs,) long, index of the worse one.
-        weights: (n_pairs,) float, 1 / (number of pairs of that prompt): 1 / C(K, 2) without ties.
-    """
-    same_prompt = group_ids[:, None] == group_ids[None, :]
-    ordered = ranks[:, None] < ranks[None, :]
-    better, worse = torch.nonzero(same_prompt & ordered, as_tuple=True)
-    pairs_per_group = torch.bincount(group_ids[better], minlength=int(group_ids.max()) + 1 if len(group_ids) else 0)
-    weights = 1.0 / pairs_per_group[group_ids[better]].to(torch.float32)
-    return better, worse, weights
 
 
 def kwise_ranking_loss(scores: torch.Tensor, group_ids: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ import threading
 import pytest
 import torch
 
+from lit_rlhf.losses import logprobs_from_logits  # shared with DPO
 from lit_rlhf.ppo.core import (
     AdaptiveKLController,
     FixedKLController,
@@ -17,7 +18,6 @@ from lit_rlhf.ppo.core import (
     gae,
     kl_penalty,
     kl_rewards,
-    logprobs_from_logits,
     masked_mean,
     masked_var,
     masked_whiten,

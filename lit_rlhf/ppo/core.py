@@ -165,31 +165,6 @@ def explained_variance(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def logprobs_from_logits(logits: Tensor, labels: Tensor, temperature: float = 1.0) -> Tensor:
-    """Log-probability of each label under ``softmax(logits / temperature)``.
-
-    Computed as ``logits[label] / T - logsumexp(logits / T)``, which never materialises a full log-softmax;
-    with ``temperature == 1`` no vocab-sized copy of ``logits`` is made either.
-
-    Args:
-        logits: (..., vocab) unnormalised scores.
-        labels: (...) int64 token ids in ``[0, vocab)`` whose log-probability is wanted.
-        temperature: the sampling temperature the tokens were drawn with; must be > 0.
-
-    Returns:
-        (...) the log-probability of each label, in ``logits``' dtype.
-
-    Raises:
-        ValueError: ``temperature`` is not positive.
-    """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if temperature != 1.0:
-        logits = logits / temperature
-    label_logits = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-    return label_logits - torch.logsumexp(logits, dim=-1)
-
-
 def entropy_from_logits(logits: Tensor) -> Tensor:
     """Entropy of ``softmax(logits)`` at each position: ``logsumexp(z) - sum_i p_i z_i``.
 

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lit_rlhf.losses import at_least_float32
+from lit_rlhf.losses import at_least_float32, logprobs_from_logits
 from lit_rlhf.models import score_head
-from lit_rlhf.ppo.core import entropy_from_logits, logprobs_from_logits
+from lit_rlhf.ppo.core import entropy_from_logits
 
 
 def first_eos_mask(responses: Tensor, eos_token_id: int) -> tuple[Tensor, Tensor]:
