@@ -72,6 +72,9 @@ def seed_figures(root: Path) -> dict[str, Any]:
     results = json.loads((root / "evaluate" / "results.json").read_text())
     stages = json.loads((root / "pipeline.json").read_text())["stages"]
     figures: dict[str, Any] = {"wall_s": sum(s.get("seconds") or 0 for s in stages.values())}
+    curve = root / "overoptimization" / "overoptimization.json"
+    if curve.is_file():  # the over-optimisation fits: method -> score -> {alpha, beta, r2, peak_kl, ...}
+        figures["overoptimization_fits"] = json.loads(curve.read_text())["fits"]
     for policy, r in results.items():
         if policy == "judge":
             continue
@@ -86,7 +89,7 @@ def seed_figures(root: Path) -> dict[str, Any]:
 def summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     """Median, min and max over the seeds of every figure of every policy."""
     out: dict[str, Any] = {}
-    for policy in [p for p in per_seed[0] if p != "wall_s"]:
+    for policy in [p for p in per_seed[0] if p not in ("wall_s", "overoptimization_fits")]:
         out[policy] = {}
         for key in per_seed[0][policy]:
             values = [s[policy][key] for s in per_seed if s[policy].get(key) is not None]
@@ -106,16 +109,17 @@ def _pct(stat: dict[str, float] | None) -> str:
 def print_table(figures: dict[str, Any], n_seeds: int) -> None:
     print(f"median [min, max] over {n_seeds} seeds; wall {figures['wall_s']['median']:.0f} s median")
     header = "policy         win rate              constrained           unconstrained         W/T/L (median)"
-    print(header + "     constraint following   preamble   LM loss")
+    print(header + "     constraint following   preamble   KL to SFT  LM loss")
     for policy, f in figures.items():
         if policy == "wall_s":
             continue
         wtl = "/".join(str(round(f[k]["median"])) if k in f else "-" for k in ("wins", "ties", "losses"))
         lm = f"{f['lm_loss']['median']:.2f}" if "lm_loss" in f else "-"
+        kl = f"{f['kl_to_sft']['median']:.2f}" if "kl_to_sft" in f else "-"
         print(
             f"{policy:14s} {_pct(f.get('win_rate')):21s} {_pct(f.get('win_rate_constrained')):21s} "
             f"{_pct(f.get('win_rate_unconstrained')):21s} {wtl:18s} {_pct(f.get('constraint_following_rate')):22s} "
-            f"{_pct(f.get('preamble_rate')):10s} {lm}"
+            f"{_pct(f.get('preamble_rate')):10s} {kl:10s} {lm}"
         )
 
 

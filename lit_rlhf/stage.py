@@ -189,7 +189,7 @@ class StageModule(L.LightningModule):
 
 
 class FineTuningModule(StageModule):
-    """Base of the stages that fine-tune one model with AdamW and warmup + cosine (SFT and the reward model).
+    """Base of the stages that fine-tune one model with AdamW and warmup + cosine (SFT, the reward model, DPO).
 
     Subclasses take their own options and pass the rest on with ``**kwargs``; LightningCLI (jsonargparse) follows
     ``super().__init__(**kwargs)`` through the class hierarchy, so ``--help`` and ``--print_config`` show these

@@ -233,13 +233,14 @@ def test_smoke_pipeline_completes_and_resumes(tmp_path, monkeypatch):
     select = [sys.executable, str(REPO / "benchmarks" / "select_settings.py"), "--config", "configs/pipeline/smoke.yaml",
               "--name", "smoke", "--runs_dir", str(tmp_path), "--iterations", "1", "--kl_coefs", "0.02",
               "--learning_rates", "1e-5,1e-4", "--ptx_coefs", "0.5", "--max_dev_prompts", "4", "--dpo_betas", "0.1",
-              "--dpo_learning_rates", "1e-4", "--dpo_epochs", "1"]  # fmt: skip
+              "--dpo_learning_rates", "1e-4", "--dpo_epochs", "1", "--best_of_ns", "2"]  # fmt: skip
     subprocess.run(select, check=True, cwd=REPO)
     selection = json.loads((root / "selection" / "selection.json").read_text())
     assert [c["candidate"] for c in selection["candidates"]] == [
-        "ppo_it1_kl0.02_lr1e-05", "ppo_it1_kl0.02_lr0.0001", "ppo_ptx_gamma0.5", "dpo_beta0.1_lr0.0001_ep1"]  # fmt: skip
+        "ppo_it1_kl0.02_lr1e-05", "ppo_it1_kl0.02_lr0.0001", "ppo_ptx_gamma0.5", "dpo_beta0.1_lr0.0001_ep1",
+        "best_of_2"]  # fmt: skip
     assert selection["learning_rate"] in (1e-5, 1e-4) and selection["ptx_coef"] == 0.5
-    assert selection["dpo"] == {"beta": 0.1, "learning_rate": 1e-4, "epochs": 1}
+    assert selection["dpo"] == {"beta": 0.1, "learning_rate": 1e-4, "epochs": 1} and selection["best_of_n"] == 2
     assert set(selection["sft_habits"]) == {"ignores_constraint", "preamble", "padding"}  # measured before PPO
     dev = yaml.safe_load((root / "selection" / "configs" / "dev_eval.yaml").read_text())
     assert dev["judge"] == "lit_rlhf.world.labelers:dev_judge"
