@@ -1,6 +1,6 @@
-"""lit_rlhf against TRL 1.12 on the same work: SFT, reward model and PPO, side by side in one invocation.
+"""lit_rlhf against TRL 1.12 on the same work: SFT, reward model, PPO and DPO, side by side in one invocation.
 
-    python benchmarks/compare.py --stages sft,rm,ppo --repeats 3 --json runs/compare.json
+    python benchmarks/compare.py --stages sft,rm,ppo,dpo --repeats 3 --json runs/compare.json
 
 Both sides train the same tiny model (GPT-2, 4 layers x 256, a byte-level BPE tokenizer trained here, vocab
 1536, random initialisation, fp32) on the same token ids: the records are tokenised once by lit_rlhf's DataModules
@@ -16,6 +16,8 @@ What is measured, per stage (after untimed warm-up steps):
   non-padding tokens each side actually runs through the model: K-wise forwards each completion once, pairs
   forward each completion once per pair).
 - PPO: episodes/s and response tokens/s (episodes x padded response length, as both sides forward it).
+- DPO: pairs/s (a pair = one chosen and one rejected completion of a prompt) and forwarded tokens/s (the non-padding
+  tokens of both sequences of each pair; the policy and the frozen reference each forward them once a step).
 - Peak memory: the process's peak resident set size (imports, models, optimiser, activations).
 
 Settings that differ between the sides, and why, are printed by ``--list-differences`` and kept in
@@ -42,10 +44,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-STAGES = ("sft", "rm", "ppo")
+STAGES = ("sft", "rm", "ppo", "dpo")
 SIDES = ("lit_rlhf", "trl")
-SAMPLE_UNIT = {"sft": "sequences", "rm": "comparisons", "ppo": "episodes"}
-TOKEN_UNIT = {"sft": "trained tokens", "rm": "forwarded tokens", "ppo": "response tokens"}
+SAMPLE_UNIT = {"sft": "sequences", "rm": "comparisons", "ppo": "episodes", "dpo": "pairs"}
+TOKEN_UNIT = {"sft": "trained tokens", "rm": "forwarded tokens", "ppo": "response tokens", "dpo": "forwarded tokens"}
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,13 @@ class Settings:
     # lit_rlhf's value model: "separate" (as TRL, the matched setting) or "shared" (a value head on the policy's
     # backbone: less work, so a different setting; listed among the differences when chosen).
     ppo_value_model: str = "separate"
+    # DPO: 16 pairs a step (32 sequences in one forward of the policy and one of the frozen reference, no
+    # accumulation), at most 128 tokens, sigmoid loss with beta 0.1, reference log-probs computed every step.
+    dpo_batch_size: int = 16
+    dpo_max_length: int = 128
+    dpo_beta: float = 0.1
+    dpo_steps: int = 40
+    dpo_warmup: int = 2
 
     @property
     def rm_comparisons_per_step(self) -> int:
@@ -112,6 +121,7 @@ class Settings:
             "sft": (self.sft_warmup, self.sft_steps),
             "rm": (self.rm_warmup, self.rm_steps),
             "ppo": (self.ppo_warmup, self.ppo_iterations),
+            "dpo": (self.dpo_warmup, self.dpo_steps),
         }[stage]
 
 
@@ -119,7 +129,7 @@ SMOKE = Settings(
     n_layer=1, n_embd=32, n_head=2, n_positions=128, vocab_size=400, sft_batch_size=4, sft_max_length=64,
     sft_steps=2, sft_warmup=1, rm_prompts=2, rm_pairs_micro=6, rm_max_length=64, rm_steps=2, rm_warmup=1,
     ppo_rollout=4, ppo_micro=2, ppo_epochs=1, ppo_response_len=4, ppo_max_prompt_len=24, ppo_iterations=1,
-    ppo_warmup=1,
+    ppo_warmup=1, dpo_batch_size=2, dpo_max_length=64, dpo_steps=2, dpo_warmup=1,
 )  # fmt: skip
 """A minimal size for the smoke test: every code path, a few seconds per side."""
 
@@ -164,6 +174,25 @@ DIFFERENCES = [
         "token accuracy, reward margins) as it always does; lit_rlhf its own.",
     ),
     (
+        "DPO batch order",
+        "matched: TRL reads the pairs in the order lit_rlhf's length-grouped sampler deals them (a sequential "
+        "sampler over rows written in that order), so step i holds the same 16 pairs, padded to the same length, on "
+        "both sides. Within a forward TRL stacks all chosen rows, then all rejected; lit_rlhf keeps each prompt's two "
+        "rows together (the same tensor shape).",
+    ),
+    (
+        "DPO data preparation",
+        "TRL 1.12's DPOTrainer only takes text and tokenises it itself; the benchmark overrides its "
+        "`_prepare_dataset` to keep lit_rlhf's token ids (prompt_ids / chosen_ids / rejected_ids, which its collator "
+        "reads). Untimed: it runs before training.",
+    ),
+    (
+        "DPO gradient clipping",
+        "off on both (TRL max_grad_norm=0; lit_rlhf's Trainer has no gradient_clip_val). On SFT and RM TRL "
+        "keeps the transformers default (clip at norm 1.0) and lit_rlhf does not clip: one norm over the weights per "
+        "step, negligible next to the forward and backward.",
+    ),
+    (
         "dtype and checkpointing",
         "fp32 and no gradient checkpointing on both: TRL's PPOConfig defaults to bf16 and "
         "gradient checkpointing, both turned off here.",
@@ -200,7 +229,8 @@ def _words(rng: random.Random, n: int) -> str:
 
 
 def write_data(root: Path, s: Settings) -> dict[str, Path]:
-    """Synthetic records in lit_rlhf's formats: SFT pairs, K-wise rankings and PPO prompts (varied lengths)."""
+    """Synthetic records in lit_rlhf's formats: SFT pairs, K-wise rankings, PPO prompts and DPO preference pairs
+    (varied lengths)."""
     rng = random.Random(s.seed)
     root.mkdir(parents=True, exist_ok=True)
     n_sft = (s.sft_warmup + s.sft_steps + 2) * s.sft_batch_size
@@ -217,8 +247,13 @@ def write_data(root: Path, s: Settings) -> dict[str, Path]:
         rng.shuffle(ranking)
         rm.append({"prompt": _words(rng, rng.randint(short, long_)), "completions": completions, "ranking": ranking})
     ppo = [{"prompt": _words(rng, rng.randint(short, long_))} for _ in range(n_ppo)]  # left-padded to the longest
-    files = {"sft_records": root / "sft.jsonl", "rm_records": root / "rm.jsonl", "ppo_records": root / "prompts.jsonl"}
-    for name, records in (("sft_records", sft), ("rm_records", rm), ("ppo_records", ppo)):
+    # drawn last, so the records of the other stages are the ones they had before DPO was added
+    n_dpo = (s.dpo_warmup + s.dpo_steps + 2) * s.dpo_batch_size
+    dpo = [{"prompt": _words(rng, rng.randint(short, long_)), "chosen": _words(rng, rng.randint(short, long_)),
+            "rejected": _words(rng, rng.randint(short, long_))} for _ in range(n_dpo)]  # fmt: skip
+    files = {"sft_records": root / "sft.jsonl", "rm_records": root / "rm.jsonl", "ppo_records": root / "prompts.jsonl",
+             "dpo_records": root / "dpo.jsonl"}  # fmt: skip
+    for name, records in (("sft_records", sft), ("rm_records", rm), ("ppo_records", ppo), ("dpo_records", dpo)):
         files[name].write_text("".join(json.dumps(r) + "\n" for r in records))
     return files
 
@@ -231,7 +266,8 @@ def build_assets(root: Path, s: Settings) -> dict[str, str]:
 
     files = write_data(root / "data", s)
     texts = []
-    for f in files.values():
+    # DPO's records (the same syllables) stay out of the tokenizer's training text, so the other stages keep their ids
+    for f in (files["sft_records"], files["rm_records"], files["ppo_records"]):
         for line in f.read_text().splitlines():
             r = json.loads(line)
             texts += [r["prompt"], r.get("completion", ""), *r.get("completions", [])]
@@ -279,6 +315,16 @@ def ppo_data(assets: dict[str, str], s: Settings):
     return dm
 
 
+def dpo_data(assets: dict[str, str], s: Settings):
+    from lit_rlhf.data.modules import PreferenceDataModule
+
+    dm = PreferenceDataModule(train_files=assets["dpo_records"], val_files=assets["dpo_records"], tokenizer_name_or_path=assets["policy"],
+                              max_length=s.dpo_max_length, batch_size=s.dpo_batch_size, group_by_length=True,
+                              seed=s.seed)  # fmt: skip
+    dm.setup("fit")
+    return dm
+
+
 def trl_sft_rows(dm) -> list[dict[str, list[int]]]:
     """lit_rlhf's tokenised SFT examples as TRL's pre-tokenised format: ``input_ids`` and ``completion_mask``."""
     return [{"input_ids": r["prompt_ids"] + r["completion_ids"],
@@ -295,6 +341,18 @@ def trl_rm_rows(dm) -> list[dict[str, list[int]]]:
             for j in range(len(seqs)):
                 if r["ranks"][i] < r["ranks"][j]:
                     rows.append({"chosen_ids": seqs[i], "rejected_ids": seqs[j]})
+    return rows
+
+
+def trl_dpo_rows(dm) -> list[dict[str, list[int]]]:
+    """lit_rlhf's tokenised pairs as TRL's ``prompt_ids`` / ``chosen_ids`` / ``rejected_ids``, in the order lit_rlhf's
+    training loader deals them (its seeded length-grouped sampler, first epoch): read in sequence, TRL's batch i holds
+    the pairs of lit_rlhf's batch i."""
+    rows = []
+    for i in dm.train_dataloader().sampler:
+        r = dm.train_dataset.items[i]
+        chosen, rejected = (r["completion_ids"][r["ranks"].index(rank)] for rank in (0, 1))
+        rows.append({"prompt_ids": r["prompt_ids"], "chosen_ids": chosen, "rejected_ids": rejected})
     return rows
 
 
@@ -371,7 +429,7 @@ def run_lit(stage: str, assets: dict[str, str], s: Settings, out: str) -> dict[s
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if stage == "sft":
                 clock.step_done(len(batch["input_ids"]), int((batch["labels"][:, 1:] != -100).sum()))
-            elif stage == "rm":
+            elif stage in ("rm", "dpo"):  # DPO: K = 2, one pair a prompt
                 group_ids, ranks = batch["group_ids"], batch["ranks"]
                 pairs = int(((group_ids[:, None] == group_ids[None, :]) & (ranks[:, None] < ranks[None, :])).sum())
                 clock.step_done(pairs, int(batch["attention_mask"].sum()))
@@ -391,6 +449,14 @@ def run_lit(stage: str, assets: dict[str, str], s: Settings, out: str) -> dict[s
         module = RewardModule(model_name_or_path=assets["rm"], export_dir=f"{out}/hf", learning_rate=s.learning_rate,
                               warmup=0, normalize=False)  # fmt: skip
         data = rm_data(assets, s)
+        trainer = _lit_trainer(out, Clock(), max_steps=warmup + steps)
+    elif stage == "dpo":
+        from lit_rlhf.dpo import DPOModule
+
+        module = DPOModule(model_name_or_path=assets["policy"], export_dir=f"{out}/hf", learning_rate=s.learning_rate,
+                           warmup=0, beta=s.dpo_beta, loss_type="sigmoid", precompute_reference=False,
+                           dropout=0.0)  # fmt: skip
+        data = dpo_data(assets, s)
         trainer = _lit_trainer(out, Clock(), max_steps=warmup + steps)
     else:
         from lit_rlhf.ppo.module import PPOModule
@@ -471,6 +537,30 @@ def run_trl(stage: str, assets: dict[str, str], s: Settings, out: str) -> dict[s
         trainer.data_collator = counter = BatchCounter(
             trainer.data_collator, lambda b: (len(b["input_ids"]) // 2, int(b["attention_mask"].sum()))
         )
+    elif stage == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        class PretokenisedDPOTrainer(DPOTrainer):
+            """DPOTrainer 1.12 tokenises text rows itself and has no pre-tokenised input; this one keeps the rows'
+            ``prompt_ids`` / ``chosen_ids`` / ``rejected_ids``, the columns its own preparation would produce."""
+
+            def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+                return dataset
+
+        model = AutoModelForCausalLM.from_pretrained(assets["policy"], dtype=torch.float32)
+        ref = AutoModelForCausalLM.from_pretrained(assets["policy"], dtype=torch.float32)  # as TRL's default: a copy
+        tok = AutoTokenizer.from_pretrained(assets["policy"])
+        config = DPOConfig(**_trl_common(out, s), per_device_train_batch_size=s.dpo_batch_size,
+                           max_length=s.dpo_max_length, beta=s.dpo_beta, loss_type=["sigmoid"],
+                           precompute_ref_log_probs=False, disable_dropout=True, max_grad_norm=0.0,
+                           train_sampling_strategy="sequential", max_steps=warmup + steps)  # fmt: skip
+        dataset = datasets.Dataset.from_list(trl_dpo_rows(dpo_data(assets, s)))
+        trainer = PretokenisedDPOTrainer(model=model, ref_model=ref, args=config, train_dataset=dataset,
+                                         processing_class=tok, callbacks=[Clock()])  # fmt: skip
+        trainer.data_collator = counter = BatchCounter(
+            trainer.data_collator, lambda b: (len(b["input_ids"]) // 2, int(b["attention_mask"].sum()))
+        )
+        per_step = 1
     else:
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         from trl.experimental.ppo import PPOConfig, PPOTrainer
@@ -567,16 +657,20 @@ def print_report(results: dict[str, Any], targets: dict[str, float]) -> None:
         if "ratio" in r:
             print(f"{stage:<5} ratio lit_rlhf/TRL: {r['ratio']:.2f}x (min {r['ratio_min']:.2f}, max {r['ratio_max']:.2f})"
                   f" {SAMPLE_UNIT[stage]}/s [target >= {targets[stage]}x]; tokens/s {r['tokens_ratio']:.2f}x; "
-                  f"peak memory {r['memory_ratio']:.2f}x (max {r['memory_ratio_max']:.2f})")  # fmt: skip
+                  f"peak memory {r['memory_ratio']:.2f}x (max {r['memory_ratio_max']:.2f})"
+                  + (f" [target <= {MEMORY_TARGETS[stage]}x]" if stage in MEMORY_TARGETS else ""))  # fmt: skip
 
 
-TARGETS = {"sft": 1.2, "rm": 3.0, "ppo": 2.0}
-"""The speed-up over TRL each stage aims for, lit_rlhf / TRL (SFT on tokens/s; RM and PPO on samples/s)."""
+TARGETS = {"sft": 1.2, "rm": 3.0, "ppo": 2.0, "dpo": 1.2}
+"""The speed-up over TRL each stage aims for, lit_rlhf / TRL (SFT on tokens/s; RM, PPO and DPO on samples/s)."""
+
+MEMORY_TARGETS = {"dpo": 1.0}
+"""The most peak memory a stage may use, lit_rlhf / TRL (peak RSS, median over the repetitions)."""
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--stages", default="sft,rm,ppo", help="comma-separated, from sft, rm, ppo")
+    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, from {', '.join(STAGES)}")
     p.add_argument("--repeats", type=int, default=3, help="repetitions of each side (alternating)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--sides", default="lit_rlhf,trl", help="comma-separated; trl is skipped when not installed")
@@ -644,6 +738,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "versions": _versions(),
         "settings": dataclasses.asdict(settings),
         "differences": dict(differences(settings)),
+        "targets": {"speed": TARGETS, "memory": MEMORY_TARGETS},
     }
     print(f"command: {meta['command']}")
     print(f"{meta['date']}; {meta['machine']}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")

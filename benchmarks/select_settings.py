@@ -17,8 +17,9 @@ team can ask). It prints a table and writes ``<run>/selection/selection.json``.
 The rule, fixed before any candidate ran: the highest dev win rate wins; a candidate within ``--margin`` (default
 one point) of the best counts as equal, and among equals the first listed is taken (the lists run from the most
 conservative setting: fewer iterations, the larger KL coefficient, the smaller learning rate, the larger gamma, which
-pays less alignment tax; for DPO the larger beta, the smaller learning rate, fewer epochs). DPO is chosen on its own
-(its grid does not depend on PPO's); ``--dpo_betas ''`` skips it.
+pays less alignment tax; for DPO the larger beta, the smaller learning rate, fewer epochs; for best-of-n of SFT, the
+smaller n, which moves less KL). DPO and best-of-n are chosen on their own (their grids do not depend on PPO's);
+``--dpo_betas ''`` and ``--best_of_ns ''`` skip them.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dpo_betas", default="0.5,0.1", help="DPO beta candidates, largest first ('' skips DPO)")
     parser.add_argument("--dpo_learning_rates", default="1e-4,3e-4", help="DPO learning rates, smallest first")
     parser.add_argument("--dpo_epochs", default="1,2", help="DPO epochs over the comparisons, fewest first")
+    parser.add_argument("--best_of_ns", default="4,16,64", help="best-of-n candidates, smallest first ('' skips)")
     parser.add_argument("--margin", type=float, default=0.01, help="dev win rates this close to the best are equal")
     parser.add_argument("--max_dev_prompts", type=int, default=None, help="use at most this many dev prompts")
     return parser.parse_args(argv)
@@ -114,9 +116,15 @@ def train_candidate(
 
 
 def dev_evaluate(
-    run: Path, out: Path, policies: dict[str, Path], max_prompts: int | None, name: str = "dev_eval"
+    run: Path,
+    out: Path,
+    policies: dict[str, Path],
+    max_prompts: int | None,
+    name: str = "dev_eval",
+    best_of_n: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Every policy against ``sft`` on the dev slice, judged by the training labelers; the results by policy."""
+    """Every policy (and best-of-n of SFT, name -> n, picked by the run's RM) against ``sft`` on the dev slice,
+    judged by the training labelers; the results by policy."""
     eval_dir = out / name
     config = {
         "policies": {name: str(path) for name, path in policies.items()},
@@ -130,6 +138,9 @@ def dev_evaluate(
         "max_new_tokens": 32,
         "trainer": {"logger": False},
     }
+    if best_of_n:
+        config["rm_dir"] = str(run / "rm" / "hf")
+        config["best_of_n"] = {bon: {"n": n, "policy": "sft"} for bon, n in best_of_n.items()}
     path = out / "configs" / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -210,8 +221,14 @@ def main(argv: list[str] | None = None) -> None:
         results |= dev_evaluate(run, out, dpo_policies, args.max_dev_prompts, name="dev_eval_dpo")
         dpo_choice = dpo_grid[choose(results, list(dpo_grid), args.margin)]
 
+    bon_grid = {f"best_of_{int(n)}": int(n) for n in args.best_of_ns.split(",") if n}
+    bon_choice = None
+    if bon_grid:
+        results |= dev_evaluate(run, out, {"sft": policies["sft"]}, args.max_dev_prompts, "dev_eval_bon", bon_grid)
+        bon_choice = bon_grid[choose(results, list(bon_grid), args.margin)]
+
     rows = []
-    for name in [*candidates, *gamma_names, *dpo_grid]:
+    for name in [*candidates, *gamma_names, *dpo_grid, *bon_grid]:
         r = results[name]
         lo, hi = r["win_rate_ci95"]
         rows.append(
@@ -238,10 +255,11 @@ def main(argv: list[str] | None = None) -> None:
         **ppo_choice,
         "ptx_coef": gamma_names[gamma_choice],
         "dpo": dpo_choice,
+        "best_of_n": bon_choice,
         "candidates": rows,
     }
     (out / "selection.json").write_text(json.dumps(selection, indent=2) + "\n")
-    print(f"chosen: {ppo_choice}, ptx_coef {gamma_names[gamma_choice]:g}, DPO {dpo_choice}")
+    print(f"chosen: {ppo_choice}, ptx_coef {gamma_names[gamma_choice]:g}, DPO {dpo_choice}, best-of-n {bon_choice}")
     print(f"wrote {out / 'selection.json'}")
 
 

@@ -60,6 +60,31 @@ def test_rm_pairs_are_every_ordered_pair_of_the_kwise_examples(assets):
     assert S.rm_pairs_micro * S.rm_trl_accumulation == S.rm_prompts * math.comb(S.rm_k, 2)
 
 
+def test_dpo_rows_give_trl_the_pairs_of_each_lit_batch_in_order(assets):
+    dm = compare.dpo_data(assets, S)
+    rows = compare.trl_dpo_rows(dm)
+    assert len(rows) == len(dm.train_dataset) > S.dpo_batch_size  # every pair, and more than one batch to order
+    n_batches = 0
+    for i, batch in enumerate(dm.train_dataloader()):  # the loader lit_rlhf trains on, first epoch
+        trl_rows = rows[i * S.dpo_batch_size : (i + 1) * S.dpo_batch_size]
+        lengths = batch["attention_mask"].sum(1).tolist()
+        seqs = [ids[:n] for ids, n in zip(batch["input_ids"].tolist(), lengths, strict=True)]
+        completion = [(labels[:n] != IGNORE_INDEX).tolist() for labels, n in zip(batch["labels"], lengths, strict=True)]
+        for rank, key in ((0, "chosen_ids"), (1, "rejected_ids")):
+            rows_of_rank = (batch["ranks"] == rank).nonzero().flatten().tolist()
+            # TRL's row: prompt_ids + chosen_ids (or rejected_ids); its completion_mask is 1 on the second part only
+            assert [seqs[j] for j in rows_of_rank] == [r["prompt_ids"] + r[key] for r in trl_rows]
+            assert [completion[j] for j in rows_of_rank] == [
+                [False] * len(r["prompt_ids"]) + [True] * len(r[key]) for r in trl_rows
+            ]
+        # TRL pads its 2 x batch rows to the longest, as lit_rlhf does: the same tensor shape
+        longest = max(len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) for r in trl_rows)
+        assert batch["input_ids"].shape == (2 * len(trl_rows), longest)
+        n_batches += 1
+    assert n_batches * S.dpo_batch_size >= len(rows)
+    assert max(len(r["prompt_ids"]) + len(r["chosen_ids"]) for r in rows) <= S.dpo_max_length
+
+
 def test_rm_batch_match_is_checked():
     with pytest.raises(ValueError, match="must divide"):
         compare.dataclasses.replace(S, rm_pairs_micro=5).rm_trl_accumulation  # noqa: B018
@@ -115,11 +140,12 @@ def test_summary_ratio_is_per_repetition_min_median_max():
 @pytest.mark.slow
 def test_lit_side_runs_every_stage(assets, tmp_path):
     (tmp_path / "assets.json").write_text(json.dumps(assets))
-    results = compare.run_child("sft,rm,ppo", "lit_rlhf", str(tmp_path / "assets.json"), S)
-    sft, rm, ppo = results
+    results = compare.run_child("sft,rm,ppo,dpo", "lit_rlhf", str(tmp_path / "assets.json"), S)
+    sft, rm, ppo, dpo = results
     assert sft["samples"] == S.sft_steps * S.sft_batch_size
     assert rm["samples"] == S.rm_steps * S.rm_prompts * math.comb(S.rm_k, 2)
     assert ppo["samples"] == S.ppo_iterations * S.ppo_rollout
+    assert dpo["samples"] == S.dpo_steps * S.dpo_batch_size
     assert all(r["samples_s"] > 0 and r["peak_rss_mib"] > 0 for r in results)
 
 
@@ -132,11 +158,12 @@ def test_trl_side_runs_every_stage(assets, tmp_path):
     settings.write_text(json.dumps(compare.dataclasses.asdict(S)))
     (tmp_path / "assets.json").write_text(json.dumps(assets))
     # a separate process: TRL's Accelerator state must not leak into the other tests
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--child", "sft,rm,ppo", "trl",
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--child", "sft,rm,ppo,dpo", "trl",
            "--assets", str(tmp_path / "assets.json"), "--settings", str(settings)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    sft, rm, ppo = (json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT "))
+    sft, rm, ppo, dpo = (json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT "))
     assert sft["samples"] == S.sft_steps * S.sft_batch_size
     assert rm["samples"] == S.rm_steps * S.rm_prompts * math.comb(S.rm_k, 2)
     assert ppo["samples"] == S.ppo_iterations * S.ppo_rollout
+    assert dpo["samples"] == S.dpo_steps * S.dpo_batch_size
