@@ -55,7 +55,7 @@ def stage_config(tmp_path, stage: str, tokenizer_dir) -> dict:
             "class_path": "lit_rlhf.data.prompts.PromptDataModule",
             "init_args": {"train_files": str(files), "batch_size": 4},
         }
-    else:  # SFT or the RM: a scratch GPT-2 on the demonstrations or on 3-way rankings of them
+    else:  # SFT, the RM or DPO: a scratch GPT-2 on the demonstrations or on 3-way rankings of them
         scratch = {"model_name_or_path": "scratch:gpt2", "tokenizer_name_or_path": str(tokenizer_dir),
                    "model_config": TINY_GPT2, **common}  # fmt: skip
         if stage == "sft":
@@ -64,6 +64,8 @@ def stage_config(tmp_path, stage: str, tokenizer_dir) -> dict:
             rows = [{"prompt": r["prompt"], "completions": ["zz", r["completion"], r["completion"][:-1]],
                      "ranking": [1, 2, 0]} for r in records]  # fmt: skip
             module, options, datamodule = "reward.RewardModule", {"normalize": False}, "PreferenceDataModule"
+            if stage.startswith("dpo"):  # the frozen reference is never checkpointed: loaded again on resume
+                module, options = "dpo.DPOModule", {"precompute_reference": stage == "dpo_precomputed"}
         files = write_jsonl(tmp_path / f"{stage}.jsonl", rows)
         model = {"class_path": f"lit_rlhf.{module}", "init_args": {**scratch, **options}}
         data = {"class_path": f"lit_rlhf.data.modules.{datamodule}",
@@ -86,7 +88,7 @@ def run_cli(config: dict, root, *flags: str, expect_kill: bool = False) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["sft", "rm", "ppo"])
+@pytest.mark.parametrize("stage", ["sft", "rm", "ppo", "dpo", "dpo_precomputed"])
 def test_a_run_killed_mid_epoch_resumes_from_last_to_the_weights_of_an_unbroken_run(tmp_path, tokenizer_dir, stage):
     config = stage_config(tmp_path, stage, tokenizer_dir)
     run_cli(config, tmp_path / "unbroken")
@@ -96,6 +98,11 @@ def test_a_run_killed_mid_epoch_resumes_from_last_to_the_weights_of_an_unbroken_
     last = tmp_path / "resumed" / "checkpoints" / "last.ckpt"
     assert last.is_file(), "the mid-epoch checkpoint of step 4 is at a stable place"
     assert not (tmp_path / "resumed" / "hf").exists(), "a killed run exports nothing"
+    if stage.startswith("dpo"):
+        import torch
+
+        saved = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
+        assert not [k for k in saved if k.startswith("ref_model.")], "the reference is not in the checkpoint"
     run_cli(config, tmp_path / "resumed", "--ckpt_path=last")
     # Same process count and batches in the same order, so the runs add in the same order; the float64 bound of
     # tests/tolerances.py (8 steps at lr 1e-3) is far under what a restarted epoch or optimiser would change (~lr).
