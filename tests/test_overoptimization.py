@@ -8,7 +8,9 @@ import json
 import math
 from pathlib import Path
 
+import lightning as L
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from lit_rlhf.evaluation import RewardModelJudge
@@ -137,7 +139,8 @@ def test_bad_options_name_their_flags(models, tmp_path):
 def test_ppo_exports_the_policy_every_n_iterations(tmp_path, tokenizer_dir):
     dirs = build_dirs(tmp_path / "models", tokenizer_dir)
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": r["prompt"]} for r in reverse_records(16)])
-    module, data = make(dirs, (prompts, prompts), tokenizer_dir, export_every_n_iterations=1)
+    L.seed_everything(0)
+    module, data = make(dirs, (prompts, prompts), tokenizer_dir, export_every_n_iterations=1, ema_decay=0.5)
     trainer(tmp_path / "run", iterations=2).fit(module, data)
     iterations = tmp_path / "run" / "hf_iterations"
     assert sorted(p.name for p in iterations.iterdir()) == ["iter_0001", "iter_0002"]
@@ -148,6 +151,14 @@ def test_ppo_exports_the_policy_every_n_iterations(tmp_path, tokenizer_dir):
     final = load_file(tmp_path / "run" / "hf" / "model.safetensors")
     assert all((last[k] == final[k]).all() for k in final)  # after the last iteration: the final policy
     assert any((first[k] != final[k]).any() for k in final)  # the policy moved in between
+    # Exporting along training changes nothing in it: the same run without exports ends on the same weights, bit for
+    # bit (the EMA weights swapped in for each export are swapped back exactly; the same ops in the same order).
+    L.seed_everything(0)
+    module, data = make(dirs, (prompts, prompts), tokenizer_dir, export_every_n_iterations=0, ema_decay=0.5)
+    trainer(tmp_path / "plain", iterations=2).fit(module, data)
+    assert not (tmp_path / "plain" / "hf_iterations").exists()
+    plain = load_file(tmp_path / "plain" / "hf" / "model.safetensors")
+    assert plain.keys() == final.keys() and all(torch.equal(plain[k], final[k]) for k in final)
     with pytest.raises(ValueError, match="--model.export_every_n_iterations must be >= 0, got -1"):
         make(dirs, (prompts, prompts), tokenizer_dir, export_every_n_iterations=-1)
 
