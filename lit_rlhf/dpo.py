@@ -34,7 +34,7 @@ from torchmetrics import MeanMetric
 from lit_rlhf.data.collate import IGNORE_INDEX
 from lit_rlhf.data.modules import PreferenceCollator
 from lit_rlhf.distributed import is_fsdp2
-from lit_rlhf.losses import at_least_float32, logprobs_from_logits, plain_lm_head, ranking_pairs
+from lit_rlhf.losses import at_least_float32, logprobs_from_logits, plain_lm_head, ranking_mean, ranking_pairs
 from lit_rlhf.models import freeze, load_model
 from lit_rlhf.stage import FineTuningModule
 
@@ -89,13 +89,10 @@ def dpo_loss(
         implicit rewards ``beta * (logps - reference_logps)`` of the better and of the worse completion of each
         pair, (n_pairs,) each.
     """
-    better, worse, _ = ranking_pairs(group_ids, ranks)
     log_ratios = logps - reference_logps
+    better, worse, weights = ranking_pairs(group_ids, ranks, log_ratios.dtype)
     pair_losses = dpo_pair_losses(log_ratios[better] - log_ratios[worse], beta, loss_type, label_smoothing)
-    pairs_per_group = torch.bincount(group_ids[better])  # the weights 1 / C(K, 2), in the losses' own precision
-    weights = 1.0 / pairs_per_group[group_ids[better]].to(pair_losses.dtype)
-    n_groups = int((pairs_per_group > 0).sum())
-    loss = (weights * pair_losses).sum() / max(n_groups, 1)
+    loss = ranking_mean(pair_losses, better, weights, group_ids)
     rewards = beta * log_ratios.detach()
     return loss, rewards[better], rewards[worse]
 

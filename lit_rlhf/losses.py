@@ -58,25 +58,37 @@ def plain_lm_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Mod
     return backbone, head
 
 
-def ranking_pairs(group_ids: torch.Tensor, ranks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every ordered pair of completions of the same prompt, and its weight in eq. 1.
+def ranking_pairs(
+    group_ids: torch.Tensor, ranks: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every ordered pair of completions of the same prompt, and its weight in InstructGPT's eq. 1.
 
     Args:
         group_ids: (n,) long, the prompt (0 .. n_groups-1) each completion belongs to.
         ranks: (n,) long, the rank of each completion within its prompt, 0 = best; equal ranks are a tie and form
             no pair.
+        dtype: The weights' dtype: the loss's own (1/3 rounded to float32 is not float64's 1/3).
 
     Returns:
         better: (n_pairs,) long, index of the better completion of each pair.
         worse: (n_pairs,) long, index of the worse one.
-        weights: (n_pairs,) float, 1 / (number of pairs of that prompt): 1 / C(K, 2) without ties.
+        weights: (n_pairs,) ``dtype``, 1 / (number of pairs of that prompt): 1 / C(K, 2) without ties.
     """
     same_prompt = group_ids[:, None] == group_ids[None, :]
     ordered = ranks[:, None] < ranks[None, :]
     better, worse = torch.nonzero(same_prompt & ordered, as_tuple=True)
     pairs_per_group = torch.bincount(group_ids[better], minlength=int(group_ids.max()) + 1 if len(group_ids) else 0)
-    weights = 1.0 / pairs_per_group[group_ids[better]].to(torch.float32)
+    weights = 1.0 / pairs_per_group[group_ids[better]].to(dtype)
     return better, worse, weights
+
+
+def ranking_mean(
+    pair_losses: torch.Tensor, better: torch.Tensor, weights: torch.Tensor, group_ids: torch.Tensor
+) -> torch.Tensor:
+    """The mean over prompts of the mean over their pairs (:func:`ranking_pairs`' ``better`` and ``weights``) of the
+    pair losses: their weighted sum over the number of prompts that have a pair (the RM's eq. 1 and DPO's)."""
+    n_groups = torch.unique(group_ids[better]).numel()
+    return (weights * pair_losses).sum() / max(n_groups, 1)
 
 
 def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

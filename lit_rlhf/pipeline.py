@@ -109,6 +109,12 @@ def without_stages(table: dict[str, tuple[str, ...]], absent: set[str]) -> dict[
     return {s: tuple(i for i in inputs if i not in absent) for s, inputs in table.items() if s not in absent}
 
 
+def starting_from(export: str | Path, **more: Any) -> dict[str, Any]:
+    """The model options of a stage that starts from an earlier stage's ``export``: its weights and its tokenizer, not
+    the stage config's scratch model; ``more`` options beside them."""
+    return {"model_name_or_path": str(export), "tokenizer_name_or_path": str(export), "model_config": None, **more}
+
+
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """``base`` with ``update`` merged in, recursively for mappings; lists and scalars are replaced (copies).
 
@@ -497,9 +503,8 @@ class WorldPipeline(Pipeline):
     def run_sft(self, console: Any) -> None:
         w = self.world
         # From the pretrained base: its tokenizer and shape, not a scratch model's.
-        base = str(self.export("pretrain"))
-        model = {"model_name_or_path": base, "tokenizer_name_or_path": base, "model_config": None}
-        self.fit("sft", model=model, data={"train_files": str(w.sft_train), "val_files": str(w.sft_val)})
+        data = {"train_files": str(w.sft_train), "val_files": str(w.sft_val)}
+        self.fit("sft", model=starting_from(self.export("pretrain")), data=data)
 
     def run_comparisons(self, console: Any) -> None:
         from lit_rlhf.world.comparisons import collect_world_comparisons
@@ -510,24 +515,21 @@ class WorldPipeline(Pipeline):
         console.print(f"comparisons ranked by the simulated labelers: {stats}")
 
     def run_rm(self, console: Any) -> None:
-        c = self.dir("comparisons")
-        model = {
-            "model_name_or_path": str(self.export("sft")),
-            "tokenizer_name_or_path": str(self.export("sft")),
-            "model_config": None,
-            "reference_files": str(self.world.sft_train),  # InstructGPT §3.5: demonstrations score mean 0
-        }
-        self.fit("rm", model=model, data={"train_files": str(c / "train.jsonl"), "val_files": str(c / "val.jsonl")})
+        # InstructGPT §3.5: demonstrations score mean 0
+        model = starting_from(self.export("sft"), reference_files=str(self.world.sft_train))
+        self.fit("rm", model=model, data=self.comparisons_data())
 
     def run_dpo(self, console: Any) -> None:
         self.fit("dpo", *self.dpo_wiring())
 
     def dpo_wiring(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """The model and data options DPO gets from the earlier stages: the SFT policy and the RM's comparisons."""
+        return starting_from(self.export("sft")), self.comparisons_data()
+
+    def comparisons_data(self) -> dict[str, Any]:
+        """The data options of the stages that learn from the labelers' comparisons (the RM and DPO)."""
         c = self.dir("comparisons")
-        sft = str(self.export("sft"))
-        model = {"model_name_or_path": sft, "tokenizer_name_or_path": sft, "model_config": None}
-        return model, {"train_files": str(c / "train.jsonl"), "val_files": str(c / "val.jsonl")}
+        return {"train_files": str(c / "train.jsonl"), "val_files": str(c / "val.jsonl")}
 
     def _ppo(self, stage: str) -> None:
         self.fit(stage, *self.ppo_wiring())
@@ -717,17 +719,11 @@ class OwnDataPipeline(Pipeline):
         return {"train_files": train_files, "val_files": None, "on_bad_record": self.data.on_bad_record, **more}
 
     def run_sft(self, console: Any) -> None:
-        model = {"model_name_or_path": self.base, "tokenizer_name_or_path": self.base, "model_config": None}
-        self.fit("sft", model=model, data=self._data(self.data.sft_files))
+        self.fit("sft", model=starting_from(self.base), data=self._data(self.data.sft_files))
 
     def _rm(self, stage: str, preferences: Path) -> None:
-        sft = str(self.export("sft"))
-        model = {
-            "model_name_or_path": sft,  # InstructGPT initialises the RM from the SFT model
-            "tokenizer_name_or_path": sft,
-            "model_config": None,
-            "reference_files": self.data.sft_files,  # InstructGPT §3.5: demonstrations score mean 0
-        }
+        # InstructGPT initialises the RM from the SFT model; §3.5: demonstrations score mean 0
+        model = starting_from(self.export("sft"), reference_files=self.data.sft_files)
         self.fit(stage, model=model, data=self._data(str(preferences)))
 
     def run_rm(self, console: Any) -> None:
@@ -735,9 +731,7 @@ class OwnDataPipeline(Pipeline):
 
     def run_dpo(self, console: Any) -> None:
         # The RM's half of the preferences: the gold RM's half stays unseen by every policy it judges.
-        sft = str(self.export("sft"))
-        model = {"model_name_or_path": sft, "tokenizer_name_or_path": sft, "model_config": None}
-        self.fit("dpo", model=model, data=self._data(str(self.files.rm_preferences)))
+        self.fit("dpo", model=starting_from(self.export("sft")), data=self._data(str(self.files.rm_preferences)))
 
     def run_gold_rm(self, console: Any) -> None:
         # Trained as the RM is, from the same SFT model: the two differ only in the half of the prompts they saw,

@@ -36,7 +36,7 @@ from torchmetrics import MeanMetric
 from lit_rlhf.data.collate import Template, encode_completion, encode_prompt, fit_to_length, pad_right
 from lit_rlhf.data.records import Files, Message, SFTExample, load_records, parse_sft_record
 from lit_rlhf.distributed import add_to_parameter, full_tensor, reshard
-from lit_rlhf.losses import at_least_float32, ranking_pairs
+from lit_rlhf.losses import at_least_float32, ranking_mean, ranking_pairs
 from lit_rlhf.models import (
     apply_lora,
     export_pretrained,
@@ -65,10 +65,8 @@ def kwise_ranking_loss(scores: torch.Tensor, group_ids: torch.Tensor, ranks: tor
         A scalar: sum over pairs of ``weight * -log sigmoid(s_better - s_worse)``, divided by the number of prompts
         that have at least one pair. Prompts may have different K; there is no padding to mask.
     """
-    better, worse, weights = ranking_pairs(group_ids, ranks)
-    n_groups = torch.unique(group_ids[better]).numel()
-    pair_losses = -F.logsigmoid(scores[better] - scores[worse])
-    return (weights.to(scores.dtype) * pair_losses).sum() / max(n_groups, 1)
+    better, worse, weights = ranking_pairs(group_ids, ranks, scores.dtype)
+    return ranking_mean(-F.logsigmoid(scores[better] - scores[worse]), better, weights, group_ids)
 
 
 def top1_correct(scores: torch.Tensor, group_ids: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:

@@ -118,8 +118,9 @@ def test_bad_best_of_n_options_are_named_before_loading(models, tmp_path):
     options = EvaluateOptions(
         {"sft": str(models["sft"])},
         str(models["prompts"]),
-        best_of_n={"sft": {"n": 2}, "zero": {"n": 0}, "other": {"n": 2, "policy": "ppo"}},
-    )
+        best_of_n={"sft": {"n": 2}, "zero": {"n": 0}, "other": {"n": 2, "policy": "ppo"},
+                   "norm": {"n": 2, "reward_model": str(tmp_path)}},
+    )  # fmt: skip
     with pytest.raises(ValueError) as err:
         evaluate(options, print_table=False)
     text = str(err.value)
@@ -127,6 +128,7 @@ def test_bad_best_of_n_options_are_named_before_loading(models, tmp_path):
     assert "--best_of_n 'zero': n must be >= 1, got 0" in text
     assert "--best_of_n 'other': policy 'ppo' is not one of --policies ['sft']" in text
     assert "no reward model to pick the best sample; give its reward_model or --rm_dir" in text
+    assert f"--best_of_n 'norm': reward_model {tmp_path}: no config.json there" in text
     with pytest.raises(ValueError, match="--best_of_n 'x': give {n, policy, reward_model}"):
         EvaluateOptions({"sft": str(models["sft"])}, "p.jsonl", best_of_n={"x": {"policy": "sft"}})
 

@@ -81,6 +81,10 @@ def test_pair_weights_are_one_over_c_k_2_and_ties_form_no_pair():
     assert pairs == {(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3), (4, 5), (4, 6)}
     w = dict(zip(zip(better.tolist(), worse.tolist(), strict=True), weights.tolist(), strict=True))
     assert w[(0, 1)] == pytest.approx(1 / 6) and w[(4, 5)] == pytest.approx(1 / 2)
+    # In the loss's own dtype: a float64 loss weighs with float64's 1/6, not float32's rounded up to float64.
+    assert weights.dtype == torch.float32
+    _, _, weights64 = ranking_pairs(group_ids, ranks, torch.float64)
+    assert weights64.dtype == torch.float64 and weights64[0].item() == 1 / 6
 
 
 def test_top1_counts_a_prompt_when_its_best_completion_scores_highest():

@@ -34,6 +34,14 @@ ResponseMetric = Callable[[EvalPrompt, str], "bool | None"]
 # --------------------------------------------------------------------------- policies
 
 
+def reward_model_dir_problems(given: str, path: str | Path) -> list[str]:
+    """What keeps ``path`` from being a reward-model directory (empty when it has a config.json), named by how the
+    user ``given`` it (e.g. ``--rm_dir runs/rm/hf``)."""
+    if (Path(path) / "config.json").is_file():
+        return []
+    return [f"{given}: no config.json there (not a reward-model directory)"]
+
+
 def policy_dir_problems(name: str, path: str | Path) -> list[str]:
     """What keeps ``path`` from being a finished policy export (empty when it is one)."""
     from lit_rlhf.models import MARKER_FILE
@@ -499,6 +507,7 @@ __all__ = [
     "parse_gsm8k",
     "parse_truthfulqa",
     "policy_dir_problems",
+    "reward_model_dir_problems",
     "read_fewshot",
     "read_texts",
     "resolve_response_metrics",

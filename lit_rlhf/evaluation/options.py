@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from lit_rlhf.data.collate import Template
@@ -125,7 +124,7 @@ class EvaluateOptions:
 
     def check(self) -> None:
         """Raise one ValueError listing every problem with the options, before any model is loaded."""
-        from lit_rlhf.evaluation.metrics import policy_dir_problems
+        from lit_rlhf.evaluation.metrics import policy_dir_problems, reward_model_dir_problems
 
         problems = []
         if not self.policies:
@@ -152,8 +151,8 @@ class EvaluateOptions:
                 expand_files(value)
             except ValueError as e:
                 problems.append(f"{flag}: {e}")
-        if self.rm_dir is not None and not (Path(self.rm_dir) / "config.json").is_file():
-            problems.append(f"--rm_dir {self.rm_dir}: no config.json there (not a reward-model directory)")
+        if self.rm_dir is not None:
+            problems.extend(reward_model_dir_problems(f"--rm_dir {self.rm_dir}", self.rm_dir))
         if self.max_examples is not None and self.max_examples < 1:
             problems.append(f"--max_examples must be >= 1 or null, got {self.max_examples}")
         if self.max_new_tokens < 1:
@@ -166,6 +165,8 @@ class EvaluateOptions:
 
     def best_of_n_problems(self) -> list[str]:
         """What is wrong with ``--best_of_n`` (empty when nothing is)."""
+        from lit_rlhf.evaluation.metrics import reward_model_dir_problems
+
         problems = []
         for name, spec in self.best_of_n_entries().items():
             flag = f"--best_of_n {name!r}"
@@ -179,8 +180,10 @@ class EvaluateOptions:
                 problems.append(f"{flag}: policy {spec.policy!r} is not one of --policies {sorted(self.policies)}")
             if spec.reward_model is None:
                 problems.append(f"{flag}: no reward model to pick the best sample; give its reward_model or --rm_dir")
-            elif not (Path(spec.reward_model) / "config.json").is_file():
-                problems.append(f"{flag}: reward_model {spec.reward_model}: no config.json there")
+            else:
+                problems.extend(
+                    reward_model_dir_problems(f"{flag}: reward_model {spec.reward_model}", spec.reward_model)
+                )
         return problems
 
 

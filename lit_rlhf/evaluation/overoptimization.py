@@ -98,12 +98,10 @@ class OveroptimizationOptions:
             problems.extend(f"--checkpoints: {p}" for p in M.policy_dir_problems(name, path))
         if "sft" in (self.checkpoints or {}):
             problems.append("--checkpoints has one named 'sft', the name of the SFT policy's own point; rename it")
-        if not (Path(self.rm_dir) / "config.json").is_file():
-            problems.append(f"--rm_dir {self.rm_dir}: no config.json there (not a reward-model directory)")
+        problems.extend(M.reward_model_dir_problems(f"--rm_dir {self.rm_dir}", self.rm_dir))
         problems.extend(_gold_problems(self.gold))
         if self.judge is not None and self.judge.startswith("rm:"):
-            if not (Path(self.judge.removeprefix("rm:")) / "config.json").is_file():
-                problems.append(f"--judge {self.judge}: no config.json there (not a reward-model directory)")
+            problems.extend(M.reward_model_dir_problems(f"--judge {self.judge}", self.judge.removeprefix("rm:")))
         try:
             expand_files(self.prompts_file)
         except ValueError as e:
@@ -121,9 +119,7 @@ class OveroptimizationOptions:
 
 def _gold_problems(spec: str) -> list[str]:
     if spec.startswith("rm:"):
-        if not (Path(spec.removeprefix("rm:")) / "config.json").is_file():
-            return [f"--gold {spec}: no config.json there (not a reward-model directory)"]
-        return []
+        return M.reward_model_dir_problems(f"--gold {spec}", spec.removeprefix("rm:"))
     try:
         fn = import_object(spec)
     except ValueError as e:
