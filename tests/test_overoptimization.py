@@ -52,6 +52,10 @@ def test_fits_recover_known_coefficients_from_noiseless_points():
     # no peak when the curve never turns down; no fit from fewer than two points at d > 0
     assert fit_gao("best_of_n", ds, [d * (1 + 0.5 * d) for d in ds]).peak_sqrt_kl is None
     assert fit_gao("rl", [0.0, 1.0], [0.0, 0.3]) is None
+    # Two points at d > 0: the two coefficients pass through both, so R^2 = 1 would say nothing; it is None.
+    two = fit_gao("rl", [0.0, 0.5, 1.2], [0.0, 0.1, 0.3])
+    assert two.n_points == 2 and two.r2 is None
+    assert (two(0.5), two(1.2)) == pytest.approx((0.1, 0.3))
 
 
 # --------------------------------------------------------------------------- the command

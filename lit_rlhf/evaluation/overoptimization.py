@@ -266,7 +266,8 @@ class Fit:
     Attributes:
         form: ``best_of_n``: ``d (alpha - beta d)``; ``rl``: ``d (alpha - beta log d)``.
         alpha, beta: The fitted coefficients.
-        r2: Coefficient of determination on the fitted points (None when they all have the same score).
+        r2: Coefficient of determination on the fitted points; None with two points (two coefficients pass through
+            any two: nothing is left to measure) or when they all have the same score.
         peak_sqrt_kl: The d where the fitted curve peaks: ``alpha / (2 beta)`` (best-of-n, at least 0) or
             ``exp(alpha / beta - 1)`` (RL); None when beta <= 0 (no peak).
         n_points: Points fitted (those with d > 0).
@@ -318,7 +319,7 @@ def fit_gao(form: Literal["best_of_n", "rl"], ds: Sequence[float], gains: Sequen
     (alpha, beta), *_ = np.linalg.lstsq(design, y, rcond=None)
     residual = float(((y - design @ np.array([alpha, beta])) ** 2).sum())
     total = float(((y - y.mean()) ** 2).sum())
-    r2 = 1.0 - residual / total if total > 0 else None
+    r2 = 1.0 - residual / total if total > 0 and len(kept) > 2 else None
     if beta <= 0:
         peak = None
     elif form == "best_of_n":
