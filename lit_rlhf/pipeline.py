@@ -42,7 +42,7 @@ from typing import Any
 import yaml
 
 from lit_rlhf.models import MARKER_FILE, atomic_directory, read_export_metadata
-from lit_rlhf.pipeline_data import DataFiles, PipelineData, eval_prompt_files, prepare_data
+from lit_rlhf.pipeline_data import DataFiles, PipelineData, eval_prompt_files, prepare_data, split_lines
 
 STAGES = (
     "world", "pretrain", "sft", "comparisons", "rm", "dpo", "ppo", "ppo_ptx", "base_prompted", "evaluate",
@@ -696,11 +696,9 @@ class OwnDataPipeline(Pipeline):
 
     def run_data(self, console: Any) -> None:
         report = prepare_data(self.data, self.dir("data"), self.seed, gold_rm=self.judge_model_path is None)
-        p, q = report["preferences"], report["prompts"]
-        halves = f"RM {p['rm']['records']}" + (f", gold RM {p['gold_rm']['records']}" if "gold_rm" in p else "")
-        console.print(f"preferences: {p['records']} records ({p['skipped']} skipped) -> {halves} (disjoint prompts)")
-        evaluation = q["eval"].get("records", "given")
-        console.print(f"prompts: {len(q['files'])} file(s) -> PPO {q['ppo']['records']}, evaluation {evaluation}")
+        console.print(f"the data split ({self.files.split}):")
+        for line in split_lines(report):
+            console.print(f"  {line}", markup=False, highlight=False)
 
     def run_pretrain(self, console: Any) -> None:
         """A tokenizer, then a base LM trained from scratch on your text (the world pipeline's pretrain stage)."""

@@ -43,6 +43,9 @@ from lit_rlhf.models import atomic_directory
 SPLIT_FILE = "split.json"
 HELD_OUT_TEXT_FRACTION = 0.1
 """Share of the pretraining records kept out of PPO-ptx for the evaluation's LM loss (at least one)."""
+EVAL_SHARE_CAP = 0.5
+"""A count of evaluation prompts takes at most this share of the distinct prompts, so that a config written for a
+large file (``eval_prompts: 100``) still leaves PPO its half of a small one."""
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,11 @@ class PipelineData:
         pretraining_files: {"text"} records: PPO-ptx's pretraining mix (a tenth held out for the evaluation's LM
             loss). Without them there is no ppo_ptx stage.
         eval_prompt_files: The evaluation's held-out prompts; null: split off prompt_files.
-        eval_prompts: How many prompts to split off prompt_files for the evaluation: a count (an int >= 1) or a
-            share (a float in (0, 1)); seeded by --seed.
+        eval_prompts: How many prompts to split off prompt_files for the evaluation: a share (a float in (0, 1)),
+            or a count (an int >= 1) capped at half of the distinct prompts; seeded by --seed.
+        min_ppo_prompts: The fewest distinct PPO prompts (after the evaluation's) the data step accepts; fewer stop
+            it with one line saying what is needed. At the shipped PPO configs' 16 prompts an iteration, 20 gives one
+            iteration per pass.
         on_bad_record: A bad record in any file: 'error' stops before training listing them as path:line; 'skip'
             drops it (and the stages skip theirs too), reporting the count.
     """
@@ -73,6 +79,7 @@ class PipelineData:
     pretraining_files: Files = None
     eval_prompt_files: Files = None
     eval_prompts: int | float = 0.1
+    min_ppo_prompts: int = 20
     on_bad_record: OnError = "error"
 
     def problems(self) -> list[str]:
@@ -87,6 +94,8 @@ class PipelineData:
             or (isinstance(self.eval_prompts, float) and 0 < self.eval_prompts < 1)
         ):
             problems.append(f"--data.eval_prompts must be a count >= 1 or a share in (0, 1), got {self.eval_prompts}")
+        if isinstance(self.min_ppo_prompts, bool) or not isinstance(self.min_ppo_prompts, int) or self.min_ppo_prompts < 1:
+            problems.append(f"--data.min_ppo_prompts must be a count >= 1, got {self.min_ppo_prompts}")
         return problems
 
     def record(self) -> dict[str, Any]:
@@ -170,13 +179,16 @@ def _parse_preference(record: Any, source: Source) -> Any:
 # --------------------------------------------------------------------------- splits
 
 
-def split_by_prompt(keys: Sequence[str], n_first: int | float, seed: int | str) -> tuple[list[int], list[int]]:
+def split_by_prompt(
+    keys: Sequence[str], n_first: int | float, seed: int | str, cap: float | None = None
+) -> tuple[list[int], list[int]]:
     """Indices of ``keys`` split in two, every key's items on one side, the distinct keys shuffled by ``seed``.
 
     Args:
         keys: One key per item (its prompt).
         n_first: Distinct keys of the first side: a count, or a share of them (a float in (0, 1), at least one).
         seed: Seeds the shuffle.
+        cap: A count takes at most this share of the distinct keys (at least one); None: no cap.
 
     Returns:
         The item indices of each side, in their original order.
@@ -184,6 +196,8 @@ def split_by_prompt(keys: Sequence[str], n_first: int | float, seed: int | str) 
     distinct = list(dict.fromkeys(keys))
     random.Random(seed).shuffle(distinct)
     n = n_first if isinstance(n_first, int) else max(1, round(n_first * len(distinct)))
+    if cap is not None and isinstance(n_first, int):
+        n = min(n, max(1, int(cap * len(distinct))))
     first = set(distinct[:n])
     return [i for i, k in enumerate(keys) if k in first], [i for i, k in enumerate(keys) if k not in first]
 
@@ -266,11 +280,14 @@ class Splits:
         if o.eval_prompt_files:
             eval_idx, ppo = [], list(range(len(keys)))
         else:
-            if len(keys) < 2:
-                raise DataError(f"--data.prompt_files: {len(keys)} distinct prompt(s); too few to split off evaluation")
-            eval_idx, ppo = split_by_prompt(keys, o.eval_prompts, f"{seed}:eval_prompts")
-            if not ppo:
-                raise DataError(f"--data.eval_prompts={o.eval_prompts} leaves none of {len(keys)} prompts for PPO")
+            eval_idx, ppo = split_by_prompt(keys, o.eval_prompts, f"{seed}:eval_prompts", cap=EVAL_SHARE_CAP)
+        if len(ppo) < o.min_ppo_prompts:
+            held = f", after the {len(eval_idx)} held out for the evaluation (--data.eval_prompts)" if eval_idx else ""
+            raise DataError(
+                f"--data.prompt_files: {len(ppo)} distinct PPO prompt(s) of {len(keys)}{held}; the recipe needs at "
+                f"least {o.min_ppo_prompts} (--data.min_ppo_prompts): give more prompts, or the evaluation's own "
+                "with --data.eval_prompt_files"
+            )
         order = list(range(len(inputs.texts)))
         random.Random(f"{seed}:pretraining").shuffle(order)
         n_val = max(1, round(HELD_OUT_TEXT_FRACTION * len(order))) if len(order) >= 2 else 0
@@ -324,6 +341,8 @@ def split_report(
         eval_side = {"files": _files(o.eval_prompt_files), "split": "given: --data.eval_prompt_files"}
     else:
         how = f"seeded, {o.eval_prompts} of the distinct prompts of --data.prompt_files, held out before PPO"
+        if isinstance(o.eval_prompts, int) and len(splits.eval) < o.eval_prompts:
+            how += f" (capped at {EVAL_SHARE_CAP:g} of them: {len(splits.eval)})"
         eval_side = {**side(files.eval_prompts, splits.eval, prompt_keys), "split": how}
     pretraining = None
     if inputs.texts:
@@ -369,6 +388,31 @@ def corpus_texts(sft: Sequence[Any], preferences: Sequence[Any], texts: Sequence
     return out + list(texts)
 
 
+def split_lines(report: dict[str, Any]) -> list[str]:
+    """The data step's counts, a line per stage's share, as the pipeline prints them (from ``split.json``)."""
+    sft, p, q, text = report["sft"], report["preferences"], report["prompts"], report["pretraining"]
+
+    def skipped(n: int) -> str:
+        return f", {n} bad record(s) skipped" if n else ""
+
+    lines = [f"SFT       {sft['records']} demonstrations{skipped(sft['skipped'])}"]
+    lines.append(f"RM        {p['rm']['records']} preference records, {p['rm']['prompts']} prompts")
+    if "gold_rm" in p:
+        gold = p["gold_rm"]
+        lines.append(f"gold RM   {gold['records']} preference records, {gold['prompts']} other prompts (the judge)")
+    lines[-1] += skipped(p["skipped"])
+    repeats = f", {q['repeats_dropped']} repeated prompt(s) dropped" if q["repeats_dropped"] else ""
+    lines.append(f"PPO       {q['ppo']['prompts']} prompts{repeats}{skipped(q['skipped'])}")
+    ev = q["eval"]
+    lines.append(
+        f"evaluate  {ev['prompts']} held-out prompts ({ev['split']})" if "prompts" in ev else f"evaluate  {ev['split']}"
+    )
+    if text:
+        val = text["val"]["records"] if text["val"] else 0
+        lines.append(f"PPO-ptx   {text['train']['records']} pretraining texts, {val} held out for the LM loss")
+    return lines
+
+
 def eval_prompt_files(options: PipelineData, files: DataFiles) -> Files:
     """The evaluation's prompts: the user's eval_prompt_files, or those split off prompt_files."""
     return options.eval_prompt_files or str(files.eval_prompts)
@@ -384,4 +428,5 @@ __all__ = [
     "prepare_data",
     "prompt_key",
     "split_by_prompt",
+    "split_lines",
 ]

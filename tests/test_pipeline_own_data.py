@@ -264,6 +264,80 @@ def test_hh_rlhf_config_parses_and_splits_the_shared_data(tmp_path, monkeypatch)
     assert report["pretraining"]["train"]["records"] == 450
 
 
+# --------------------------------------------------------------------------- the config for your files
+
+
+def user_clone(root: Path) -> Path:
+    """The parts of a clone the pipeline reads (its configs), in a directory with no ../shared beside it."""
+    import shutil
+
+    clone = root / "clone"
+    shutil.copytree(REPO / "configs", clone / "configs")
+    assert not (clone.parent / "shared").exists()
+    return clone
+
+
+def user_files(root: Path, n_prompts: int) -> dict[str, str]:
+    """A user's files: demonstrations, pairs and ``n_prompts`` PPO prompts none of which the other files hold."""
+    sft = [{"prompt": f"Repeat: {w} {i}", "completion": f"{w} {i}"} for i, w in enumerate(WORDS * 5)]
+    pairs = [{"prompt": f"Name {w} {i}", "chosen": w, "rejected": "no"} for i, w in enumerate(WORDS * 4)]
+    prompts = [{"prompt": f"Count to {i} in {WORDS[i % len(WORDS)]}s"} for i in range(n_prompts)]
+    return {
+        "sft_files": str(write_jsonl(root / "sft.jsonl", sft)),
+        "preference_files": str(write_jsonl(root / "pairs.jsonl", pairs)),
+        "prompt_files": str(write_jsonl(root / f"prompts_{n_prompts}.jsonl", prompts)),
+    }
+
+
+def own_data_args(files: dict[str, str], runs: Path) -> list[str]:
+    flags = [arg for key, path in files.items() for arg in (f"--data.{key}", path)]
+    return ["pipeline", "-c", "configs/pipeline/own_data.yaml", "--runs_dir", str(runs), *flags, "--until", "data"]
+
+
+def test_own_data_config_names_no_file_outside_the_repository():
+    config = yaml.safe_load((REPO / "configs" / "pipeline" / "own_data.yaml").read_text())
+    assert {k: v for k, v in config["data"].items() if k.endswith("_files")} == {}
+    stage_configs = [spec["config"] for spec in config.values() if isinstance(spec, dict) and "config" in spec]
+    assert stage_configs and all((REPO / c).is_file() for c in stage_configs)
+
+
+@pytest.mark.parametrize(("n_prompts", "n_eval"), [(30, 6), (100, 20), (500, 100)])
+def test_the_data_step_splits_small_and_large_files_by_share(tmp_path, monkeypatch, n_prompts, n_eval):
+    # The README's command for your files, from a clone with nothing beside it: the evaluation takes a share (0.2),
+    # so 30, 100 and 500 prompts all leave PPO at least the 20 it needs, and every split's count is printed.
+    monkeypatch.chdir(user_clone(tmp_path))
+    out = run_cli(own_data_args(user_files(tmp_path, n_prompts), tmp_path / "runs"))
+    report = json.loads((tmp_path / "runs" / "own_data" / "data" / "split.json").read_text())
+    assert (report["prompts"]["eval"]["prompts"], report["prompts"]["ppo"]["prompts"]) == (n_eval, n_prompts - n_eval)
+    for line in (f"PPO       {n_prompts - n_eval} prompts", f"evaluate  {n_eval} held-out prompts", "SFT       60 ",
+                 "RM        24 preference records", "gold RM   24 preference records"):  # fmt: skip
+        assert line in out, out
+
+
+def test_a_file_too_small_for_ppo_gets_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(user_clone(tmp_path))
+    from lit_rlhf.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(own_data_args(user_files(tmp_path, 22), tmp_path / "runs"))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(
+        "--data.prompt_files: 18 distinct PPO prompt(s) of 22, after the 4 held out for the evaluation "
+        "(--data.eval_prompts); the recipe needs at least 20 (--data.min_ppo_prompts): give more prompts, or the "
+        "evaluation's own with --data.eval_prompt_files"
+    ), err
+    assert not (tmp_path / "runs" / "own_data" / "data").exists()
+
+
+def test_an_evaluation_count_is_capped_at_half_the_prompts():
+    keys = [str(i) for i in range(30)]
+    held, rest = split_by_prompt(keys, 100, "s", cap=0.5)  # a count written for a 500-prompt file
+    assert (len(held), len(rest)) == (15, 15)
+    assert len(split_by_prompt(keys, 100, "s")[0]) == 30  # uncapped: all of them
+    assert len(split_by_prompt(keys, 0.2, "s", cap=0.5)[0]) == 6  # a share is never capped
+
+
 # --------------------------------------------------------------------------- end to end
 
 
