@@ -94,7 +94,11 @@ class PipelineData:
             or (isinstance(self.eval_prompts, float) and 0 < self.eval_prompts < 1)
         ):
             problems.append(f"--data.eval_prompts must be a count >= 1 or a share in (0, 1), got {self.eval_prompts}")
-        if isinstance(self.min_ppo_prompts, bool) or not isinstance(self.min_ppo_prompts, int) or self.min_ppo_prompts < 1:
+        if (
+            isinstance(self.min_ppo_prompts, bool)
+            or not isinstance(self.min_ppo_prompts, int)
+            or self.min_ppo_prompts < 1
+        ):
             problems.append(f"--data.min_ppo_prompts must be a count >= 1, got {self.min_ppo_prompts}")
         return problems
 
