@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -119,11 +120,24 @@ def _make_dirs(path: Path) -> Path | None:
     return missing[-1] if missing else None
 
 
+def samples_file(root: str | Path, key: str) -> Path:
+    """Where :func:`log_table` appends a table without W&B: ``<root>/samples/<key, / as _>.jsonl``."""
+    return Path(root) / "samples" / (key.replace("/", "_") + ".jsonl")
+
+
 def log_table(module: LightningModule, key: str, columns: list[str], rows: list[list[Any]]) -> None:
-    """Log a table to W&B when the logger is W&B; otherwise write it to the Python log."""
+    """Log a table to W&B when the logger is W&B; otherwise append its rows to a JSONL file under the run's root
+    (:func:`samples_file`) and log one line saying where: model text is many lines, and 10 samples printed as they
+    are buried the run's warnings under a hundred lines of dialogue."""
     for logger in module.loggers:
         if isinstance(logger, _WandbLogger):
             logger.log_text(key=key, columns=columns, data=rows)
             return
-    for row in rows:
-        log.info("%s %s", key, " | ".join(str(c) for c in row))
+    if not module.trainer.is_global_zero:
+        return
+    path = samples_file(module.trainer.default_root_dir, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(dict(zip(columns, row, strict=True)), ensure_ascii=False, default=str) + "\n")
+    log.info("%s: %d rows appended to %s", key, len(rows), path)

@@ -466,10 +466,16 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
+FROZEN_ATTRIBUTE = "_lit_rlhf_frozen"
+"""Set on a module by :func:`freeze`: it is in eval mode on purpose (a frozen scorer)."""
+
+
 def freeze(model: nn.Module) -> nn.Module:
-    """Freeze ``model`` for scoring: no gradients, eval mode (dropout off)."""
+    """Freeze ``model`` for scoring: no gradients, eval mode (dropout off), marked as frozen on purpose (so the fit
+    loop's warning about modules in eval mode leaves it out: :mod:`lit_rlhf.quiet`)."""
     model.requires_grad_(False)
     model.eval()
+    setattr(model, FROZEN_ATTRIBUTE, True)
     return model
 
 

@@ -63,6 +63,14 @@ class StageCLI(LightningCLI):
         self._subcommand_method_arguments[subcommand] = added
         return parser
 
+    def _set_seed(self) -> None:
+        # The model-free subcommands (pipeline, evaluate, ...) take a --seed of their own and seed what they run
+        # (the pipeline passes it to every stage as seed_everything); LightningCLI's default seed_everything=true
+        # would only print "No seed found, seed set to 0" for a seed nothing uses. A stage's own run keeps it.
+        if self.subcommand in self.MODEL_FREE_SUBCOMMANDS and self.subcommand_config().get("seed_everything") is True:
+            self.subcommand_config()["seed_everything"] = False
+        super()._set_seed()
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The DataModule encodes with the model's tokenizer: given once, on the model (link_arguments).
         parser.link_arguments(

@@ -9,6 +9,13 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from lit_rlhf.quiet import (
+    IterationCheckpoint,
+    silence_lightning_pytree_deprecation,
+    silence_product_tips,
+    warn_only_about_unfrozen_eval_modules,
+)
+
 
 class Trainer(L.Trainer):
     """Lightning's Trainer; every ``--trainer.*`` option of it works as usual, plus ``checkpoint_every_n_steps``.
@@ -35,11 +42,14 @@ class Trainer(L.Trainer):
         ):
             root = Path(kwargs.get("default_root_dir") or os.getcwd())
             callbacks.append(
-                ModelCheckpoint(
+                IterationCheckpoint(
                     dirpath=root / "checkpoints", save_last=True, every_n_train_steps=checkpoint_every_n_steps
                 )
             )
             kwargs["callbacks"] = callbacks
         elif checkpoint_every_n_steps is not None and kwargs.get("enable_checkpointing") is False:
             raise ValueError("--trainer.checkpoint_every_n_steps needs --trainer.enable_checkpointing=true")
+        silence_product_tips()
+        silence_lightning_pytree_deprecation()
         super().__init__(**kwargs)
+        warn_only_about_unfrozen_eval_modules(self.fit_loop)
