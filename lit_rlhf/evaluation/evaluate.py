@@ -548,37 +548,103 @@ def _groupings(figures: Mapping[str, Any]) -> dict[str, Mapping[str, Mapping[str
     return {k.removeprefix("by_"): v for k, v in figures.items() if isinstance(v, Mapping)}
 
 
+TABLE_WIDTH = 120
+"""``table.txt`` and the printed tables fit this many columns (a terminal beside an editor)."""
+
+METRIC_HEADERS: dict[str, tuple[str, str]] = {
+    "rm_win_rate": ("RM win", "win rate by the training reward model (the proxy PPO optimised; not the judge)"),
+    "rm_win_rate_ci95": ("RM 95%", "its 95% Wilson interval"),
+    "eos_rate": ("EOS", "share of responses that ended with EOS"),
+    "lm_loss": ("LM loss", "LM loss on held-out pretraining text, nats/token (the alignment tax)"),
+    "truthfulqa_mc1": ("TQA MC1", "TruthfulQA MC1 accuracy"),
+    "gsm8k_accuracy": ("GSM8K", "GSM8K accuracy"),
+    "fewshot_accuracy": ("few-shot", "accuracy on the few-shot probes"),
+    "constraint_following_rate": ("constr.", "share of constrained prompts whose form the response follows"),
+    "preamble_rate": ("preamble", "share of responses that open with a preamble ('Sure!')"),
+    "padding_rate": ("padding", "share of responses that end with padding ('Hope that helps!')"),
+    "invented_answer_rate": ("invented", "share of unanswerable questions answered instead of declined"),
+    "toxic_rate": ("toxic", "share of toxic responses to toxicity prompts"),
+    "toxic_rate_plain": ("tox.plain", "the same, prompts without the 'be respectful' instruction"),
+    "toxic_rate_respectful": ("tox.resp.", "the same, prompts with it"),
+    "exact_match": ("exact", "share of exactly right answers (tasks and closed questions)"),
+}
+"""Short headers for the metrics table, each with the line the legend under it gives (other keys: their name)."""
+
+
+def _cell_width(texts: Sequence[str]) -> int:
+    return max(len(t) for t in texts) + 3  # rich's padding and the column's border
+
+
+def metric_chunks(columns: Sequence[tuple[str, list[str]]], first: int, width: int = TABLE_WIDTH) -> list[list[int]]:
+    """Indices of ``columns`` (header and cells each) packed in order into tables no wider than ``width``, each
+    table repeating a first column ``first`` characters wide."""
+    chunks: list[list[int]] = [[]]
+    used = first + 1
+    for i, (header, cells) in enumerate(columns):
+        w = _cell_width([header, *cells])
+        if chunks[-1] and used + w > width:
+            chunks.append([])
+            used = first + 1
+        chunks[-1].append(i)
+        used += w
+    return [c for c in chunks if c]
+
+
 def render_table(results: Mapping[str, Mapping[str, Any]], baseline: str, print_table: bool = True) -> str:
-    """Print the results as a rich table, then each policy's win rates per group where they were grouped (when
-    ``print_table``); return their plain-text form for ``table.txt``."""
+    """Print the results as rich tables no wider than :data:`TABLE_WIDTH` (when ``print_table``); return their plain
+    text for ``table.txt``. First the win rates (policy, n, win rate [95% interval], wins/ties/losses, KL to the
+    baseline, response tokens), then the other metrics under short headers with a legend, then each policy's win
+    rates per group where they were grouped. ``results.json`` keeps every figure."""
     from rich.console import Console
     from rich.table import Table
 
-    shown = {"n", "win_rate", "win_rate_ci95", "rm_win_rate", "rm_win_rate_ci95"}
-    shown |= {f"{prefix}{count}" for prefix in ("", "rm_") for count in WIN_COUNTS}  # results.json
+    kl = f"kl_to_{baseline}"
+    main = {"n", "win_rate", "win_rate_ci95", kl, "response_tokens", *WIN_COUNTS}
+    shown = main | {"rm_win_rate_ci95"} | {f"rm_{count}" for count in WIN_COUNTS}  # results.json
     shown |= {f"by_{key}" for f in results.values() for key in _groupings(f)}  # the group tables
-    rates = {"eos_rate", "truthfulqa_mc1", "gsm8k_accuracy", "fewshot_accuracy"}
-    unmeasured = {k for k in ("fewshot_accuracy",) if all(f.get(k) is None for f in results.values())}  # not shown
+    rates = {"rm_win_rate", "eos_rate", "truthfulqa_mc1", "gsm8k_accuracy", "fewshot_accuracy", "exact_match"}
+    unmeasured = {k for k in dict.fromkeys(k for f in results.values() for k in f) if
+                  all(f.get(k) is None for f in results.values())}  # fmt: skip
     extra = [k for k in dict.fromkeys(k for f in results.values() for k in f) if k not in shown | unmeasured]
-    table = Table(title=f"Evaluation against {baseline} (win rates with 95% Wilson intervals, ties half)")
-    headers = {"response_tokens": "resp. tokens", "eos_rate": "EOS rate", f"kl_to_{baseline}": f"KL to {baseline}",
-               "lm_loss": "LM loss", "truthfulqa_mc1": "TruthfulQA MC1", "gsm8k_accuracy": "GSM8K",
-               "fewshot_accuracy": "few-shot"}  # fmt: skip
-    for column in ["policy", "n", "win rate", "RM win rate", *[headers.get(k, k) for k in extra]]:
+
+    title = f"Win rates against {baseline} (95% Wilson intervals; a tie counts half)"
+    table = Table(title=title)
+    for column in ["policy", "n", "win rate [95%]", "W/T/L", f"KL to {baseline}", "resp. tokens"]:
         table.add_column(column, justify="left" if column == "policy" else "right")
     for name, figures in results.items():
-        cells = [_fmt(figures.get(k), pct=k in rates or k.endswith("_rate")) for k in extra]
-        table.add_row(name, str(figures["n"]), _fmt_rate(figures, "win_rate"), _fmt_rate(figures, "rm_win_rate"),
-                      *cells)  # fmt: skip
-    tables = [table]
+        table.add_row(name, str(figures["n"]), _fmt_rate(figures, "win_rate"), _fmt_counts(figures, ""),
+                      _fmt(figures.get(kl)), _fmt(figures.get("response_tokens")))  # fmt: skip
+    tables: list[Any] = [table]
+
+    columns = [
+        (METRIC_HEADERS.get(k, (k, ""))[0], [_fmt(f.get(k), pct=k in rates or "_rate" in k) for f in
+                                             results.values()])
+        for k in extra
+    ]  # fmt: skip
+    first = _cell_width(["policy", *results])
+    for chunk in metric_chunks(columns, first):
+        metrics = Table(title="Metrics" if len(tables) == 1 else None)
+        metrics.add_column("policy")
+        for i in chunk:
+            metrics.add_column(columns[i][0], justify="right")
+        for row, name in enumerate(results):
+            metrics.add_row(name, *(columns[i][1][row] for i in chunk))
+        tables.append(metrics)
+    legend = [f"  {METRIC_HEADERS[k][0]}: {METRIC_HEADERS[k][1]}" for k in extra if k in METRIC_HEADERS]
+    if legend:
+        tables.append("\n".join(legend))
+
     for name, figures in results.items():
         if name != baseline:  # the baseline's win rates are 0.5 in every group
             tables += [group_table(name, key, groups) for key, groups in _groupings(figures).items()]
-    recorder = Console(record=True, width=200, file=io.StringIO())
+    recorder = Console(record=True, width=TABLE_WIDTH, file=io.StringIO())
     for t in tables:
         if print_table:
-            Console().print(t)
-        recorder.print(t)
+            Console().print(t, highlight=False, markup=False) if isinstance(t, str) else Console().print(t)
+        if isinstance(t, str):
+            recorder.print(t, highlight=False, markup=False)
+        else:
+            recorder.print(t)
     return recorder.export_text()
 
 
