@@ -12,6 +12,7 @@ from typing import Any
 
 import lightning as L
 from jsonargparse import lazy_instance
+from lightning.fabric.utilities.seed import seed_everything
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 # Importing the modules registers them as choices for --model and --data.
@@ -65,10 +66,13 @@ class StageCLI(LightningCLI):
 
     def _set_seed(self) -> None:
         # The model-free subcommands (pipeline, evaluate, ...) take a --seed of their own and seed what they run
-        # (the pipeline passes it to every stage as seed_everything); LightningCLI's default seed_everything=true
-        # would only print "No seed found, seed set to 0" for a seed nothing uses. A stage's own run keeps it.
-        if self.subcommand in self.MODEL_FREE_SUBCOMMANDS and self.subcommand_config().get("seed_everything") is True:
-            self.subcommand_config()["seed_everything"] = False
+        # (the pipeline passes it to every stage as seed_everything). LightningCLI's default seed_everything=true
+        # seeds them with 0 and prints "No seed found, seed set to 0": the same seed here, without the message (the
+        # seed itself stays, so every earlier figure reproduces). A stage's own run keeps Lightning's behaviour.
+        config = self.subcommand_config()
+        if self.subcommand in self.MODEL_FREE_SUBCOMMANDS and config.get("seed_everything") is True:
+            config["seed_everything"] = seed_everything(0, workers=True, verbose=False)
+            return
         super()._set_seed()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
