@@ -1,4 +1,4 @@
-"""``lit-rlhf``: one LightningCLI for every stage.
+"""``lit-rlhf``: one LightningCLI for every stage; ``lit-rlhf label --help``: the labeling app for people.
 
     lit-rlhf fit -c configs/sft/tiny.yaml                 # a stage, from YAML
     lit-rlhf fit -c configs/sft/tiny.yaml --print_config  # the full, re-runnable config
@@ -195,6 +195,11 @@ def main(args: list[str] | None = None) -> None:
     path) and exits 2, with no traceback unless ``--debug`` is given or ``LIT_RLHF_DEBUG=1`` is set. Every rank of a
     multi-process run does the same.
     """
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["label"]:  # the labeling app: argparse, not LightningCLI (it trains nothing)
+        from lit_rlhf.label.cli import main as label_main
+
+        return label_main(argv[1:])
     args, debug = take_debug_flag(args)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     for noisy in ("httpx", "urllib3", "filelock"):

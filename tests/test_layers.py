@@ -15,6 +15,9 @@ STAGES = ("lit_rlhf.sft", "lit_rlhf.reward", "lit_rlhf.ppo", "lit_rlhf.dpo")
 WORLD = "lit_rlhf.world"
 ABOVE_THE_WORLD = ("lit_rlhf.world", "lit_rlhf.pipeline", "lit_rlhf.cli", "lit_rlhf.__main__")
 """The only modules that may import the world: the world itself and what runs it."""
+LABEL = "lit_rlhf.label"
+ABOVE_THE_LABEL = ("lit_rlhf.label", "lit_rlhf.cli", "lit_rlhf.__main__")
+"""The labeling app is a data source beside the world: only it and the CLI that runs it import it."""
 
 
 def module_name(path: Path) -> str:
@@ -78,6 +81,22 @@ def test_nothing_below_the_world_imports_it():
     }
     below = {name: world for name, world in below.items() if world}
     assert not below, f"modules below the world import it: {below}"
+
+
+def test_the_label_app_is_a_data_source_beside_the_world():
+    # Nothing but the CLI knows it; it knows no stage, no world, no pipeline (it may use data, generation, models).
+    importers = sorted(
+        n
+        for n, imported in GRAPH.items()
+        if not within(n, ABOVE_THE_LABEL) and any(within(m, (LABEL,)) for m in imported)
+    )
+    assert not importers, f"modules that import lit_rlhf.label: {importers}"
+    assert "lit_rlhf.label.cli" in GRAPH["lit_rlhf.cli"]
+    forbidden = (*STAGES, WORLD, "lit_rlhf.pipeline", "lit_rlhf.pipeline_data", "lit_rlhf.stage_cli")
+    for name, imported in GRAPH.items():
+        if within(name, (LABEL,)):
+            bad = sorted(m for m in imported if within(m, forbidden))
+            assert not bad, f"{name} imports {bad}"
 
 
 def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:

@@ -1,0 +1,181 @@
+"""The labeling server over real HTTP on loopback: the API's happy path, and every bad input a clear 4xx that
+changes nothing."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from lit_rlhf.label import db
+from lit_rlhf.label.server import MAX_BODY
+from tests.label_helpers import add_labelers, answer_table, call, make_project, ranking_body, running
+
+
+@pytest.fixture
+def served(tmp_path):
+    path = make_project(tmp_path, n_rank=3, n_demo=1)
+    tokens = add_labelers(path, "ann", "bob")
+    with running(path) as server:
+        yield server, path, tokens
+
+
+def test_a_labeler_fetches_answers_and_retries_through_the_api(served):
+    server, path, tokens = served
+    status, me = call(server, "GET", "/api/me", tokens["ann"])
+    assert status == 200 and me["labeler"] == "ann" and me["progress"] == {"done": 0, "assigned": 4}
+    assert len(me["flags"]) == 11 and me["likert"] == [1, 7]
+    done = 0
+    while True:
+        status, data = call(server, "GET", "/api/next", tokens["ann"])
+        assert status == 200
+        task = data["task"]
+        if task is None:
+            break
+        assert set(task) <= {"id", "kind", "prompt", "outputs"}  # nothing about the policy or the sample
+        if task["kind"] == "ranking":
+            assert sorted(task["outputs"]) == [f"answer {task['id'] - 2}.{j}" for j in range(4)]
+            body = ranking_body(4, [0, [1, 2], 3])
+        else:
+            body = {"idempotency_key": "demo-key-1", "completion": "A demonstration."}
+        status, stored = call(server, "POST", f"/api/tasks/{task['id']}/answer", tokens["ann"], body)
+        assert status == 200 and stored["stored"] is True
+        # the same submit again (a retry after a lost reply): acknowledged, stored once
+        status, again = call(server, "POST", f"/api/tasks/{task['id']}/answer", tokens["ann"], body)
+        assert status == 200 and again["stored"] is False and again["answer_id"] == stored["answer_id"]
+        done += 1
+    assert done == 4 and len(answer_table(path)) == 4
+    assert call(server, "GET", "/api/me", tokens["ann"])[1]["progress"] == {"done": 4, "assigned": 4}
+
+
+def test_a_skip_is_stored_with_its_reason(served):
+    server, path, tokens = served
+    task = call(server, "GET", "/api/next", tokens["ann"])[1]["task"]
+    assert call(server, "POST", f"/api/tasks/{task['id']}/skip", tokens["ann"], {"idempotency_key": "k" * 8})[0] == 422
+    status, _ = call(
+        server,
+        "POST",
+        f"/api/tasks/{task['id']}/skip",
+        tokens["ann"],
+        {"idempotency_key": "k" * 8, "reason": "the task is unclear"},
+    )
+    assert status == 200
+    (row,) = answer_table(path)
+    assert "the task is unclear" in row[5] and row[4] == "skip"
+
+
+def _ranking_task(server, token):
+    while True:
+        task = call(server, "GET", "/api/next", token)[1]["task"]
+        if task["kind"] == "ranking":
+            return task
+        call(
+            server,
+            "POST",
+            f"/api/tasks/{task['id']}/answer",
+            token,
+            {"idempotency_key": "demo-key-2", "completion": "x"},
+        )
+
+
+@pytest.mark.parametrize(
+    "body, status, says",
+    [
+        (dict(ranking=[0, 1, 2]), 422, "positions [3] have no rank"),
+        (dict(ranking=[0, 1, 1, 2, 3]), 422, "appear more than once"),
+        (dict(ranking=[0, 1, 2, 7]), 422, "positions [7] are not among"),
+        (dict(ranking=[[0, 1, 2, 3]]), 422, "at least one pair"),
+        (dict(likert=9), 422, "likert must be an integer 1..7"),
+        (dict(likert=0), 422, "likert must be an integer 1..7"),
+        (dict(idempotency_key="short"), 422, "idempotency_key"),
+        (dict(ratings=[]), 422, "ratings must be a list of 4"),
+    ],
+)
+def test_a_bad_answer_gets_a_clear_4xx_and_changes_nothing(served, body, status, says):
+    server, path, tokens = served
+    task = _ranking_task(server, tokens["ann"])
+    before = answer_table(path)
+    sent = ranking_body(4, body.get("ranking"), body.get("likert", 4))
+    sent.update({k: v for k, v in body.items() if k not in ("ranking", "likert")})
+    got, data = call(server, "POST", f"/api/tasks/{task['id']}/answer", tokens["ann"], sent)
+    assert (got, says in data["error"]) == (status, True), data
+    assert answer_table(path) == before
+
+
+def test_bad_bodies_tasks_tokens_and_hosts_get_4xx_and_change_nothing(served, tmp_path):
+    server, path, tokens = served
+    task = _ranking_task(server, tokens["ann"])
+    url = f"/api/tasks/{task['id']}/answer"
+    before = answer_table(path)
+    cases = {
+        "malformed JSON": call(server, "POST", url, tokens["ann"], raw=b"{not json"),
+        "not an object": call(server, "POST", url, tokens["ann"], raw=b"[1, 2]"),
+        "oversized": call(server, "POST", url, tokens["ann"], raw=b" " * (MAX_BODY + 1)),
+        "not JSON": call(server, "POST", url, tokens["ann"], raw=b"{}", headers={"Content-Type": "text/plain"}),
+        "unknown task": call(server, "POST", "/api/tasks/999/answer", tokens["ann"], ranking_body(4)),
+        "another labeler's task": call(server, "POST", url, tokens["bob"], ranking_body(4)),
+        "bad token": call(server, "POST", url, "not-a-token", ranking_body(4)),
+        "no token": call(server, "GET", "/api/next"),
+        "bad Host": call(server, "GET", "/api/next", tokens["ann"], headers={"Host": "evil.example:80"}),
+        "no route": call(server, "GET", "/api/secrets", tokens["ann"]),
+        "wrong method": call(server, "GET", url, tokens["ann"]),
+    }
+    statuses = {name: status for name, (status, _) in cases.items()}
+    assert statuses == {
+        "malformed JSON": 400,
+        "not an object": 400,
+        "oversized": 413,
+        "not JSON": 415,
+        "unknown task": 404,
+        "another labeler's task": 404,
+        "bad token": 401,
+        "no token": 401,
+        "bad Host": 421,
+        "no route": 404,
+        "wrong method": 405,
+    }
+    assert cases["bad token"][1] == {"error": "unauthorized"}  # nothing else
+    assert all(isinstance(body.get("error"), str) for _, body in cases.values())
+    assert answer_table(path) == before
+
+
+def test_a_stale_lease_and_a_revoked_token(tmp_path):
+    path = make_project(tmp_path, n_rank=2, n_demo=0)
+    tokens = add_labelers(path, "ann")
+    with running(path, lease_seconds=0.2) as server:
+        task = call(server, "GET", "/api/next", tokens["ann"])[1]["task"]
+        import time
+
+        time.sleep(0.3)
+        status, data = call(server, "POST", f"/api/tasks/{task['id']}/answer", tokens["ann"], ranking_body(4))
+        assert status == 409 and "expired" in data["error"]
+        conn = db.connect(path)
+        db.revoke_labeler(conn, "ann")
+        conn.close()
+        assert call(server, "GET", "/api/me", tokens["ann"]) == (401, {"error": "unauthorized"})
+    assert answer_table(path) == []
+
+
+def test_tokens_are_never_logged(served, caplog):
+    server, _, tokens = served
+    with caplog.at_level(logging.INFO, logger="lit_rlhf.label.server"):
+        call(server, "GET", "/api/next", tokens["ann"])
+        call(server, "GET", "/api/next", "wrong-token-123")
+    assert "GET /api/next" in caplog.text
+    assert tokens["ann"] not in caplog.text and "wrong-token-123" not in caplog.text
+
+
+def test_the_page_and_script_are_served_with_a_strict_policy(served):
+    import http.client
+
+    server, _, _ = served
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    conn.request("GET", "/", headers={"Host": f"localhost:{server.port}"})
+    response = conn.getresponse()
+    html = response.read().decode()
+    assert response.status == 200 and '<script src="/static/label.js">' in html
+    assert "script-src 'self'" in response.getheader("Content-Security-Policy")
+    conn.request("GET", "/static/label.js", headers={"Host": f"127.0.0.1:{server.port}"})
+    script = conn.getresponse().read().decode()
+    conn.close()
+    assert "textContent" in script and "innerHTML =" not in script and "insertAdjacentHTML" not in script
