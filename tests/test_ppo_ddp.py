@@ -3,7 +3,7 @@
 Both runs see the same global batch of 8 prompts (1 x 8 or 2 x 4, one seeded permutation dealt in strides) and
 sample each response from its own seeded stream, so the responses are identical; rollout statistics and
 advantage whitening are reduced over both ranks, and each minibatch's loss is divided by the global token count
-(``PPOModule.minibatch_tokens``), so one optimizer step sees the same gradient. What differs is float rounding:
+(``PPOModule.minibatch_normaliser``), so one optimizer step sees the same gradient. What differs is float rounding:
 each rank left-pads its prompts to its own longest, micro-batches hold other episodes, and reductions add in
 another order. All four models run in float64 (``dtype``), and the tolerances are the bounds of tests/test_ddp.py
 on what that order can change. The rollout statistics are Python floats that Lightning logs as float32, so they

@@ -281,9 +281,19 @@ def test_every_logged_metric_is_in_the_stable_names_table_and_back(tmp_path, mod
 
     from lit_rlhf.ppo.module import __doc__ as module_doc
 
-    table = set(re.findall(r"^``(ppo/[a-z_0-9]+)``", module_doc, re.M))
+    rows = dict(re.findall(r"^``(ppo/[a-z_0-9]+)``\s+(\[[a-z_>0-9]+\])?", module_doc, re.M))
+    only_when = {"[kl_in_loss]", "[k>1]"}  # a plain PPO run logs every name but these
+    table = {name for name, when in rows.items() if when not in only_when}
     module, data = make(model_dirs, data_files, tokenizer_dir, pretraining=True, ptx_coef=0.5)
     run = trainer(tmp_path, iterations=1)
+    run.fit(module, data)
+    logged = {name for name in run.callback_metrics if name.startswith("ppo/")}
+    assert logged == table
+    # a critic-free run with k samples and the KL in the loss logs every name but the value model's
+    table = {name for name, when in rows.items() if when != "[gae]"}
+    module, data = make(model_dirs, data_files, tokenizer_dir, pretraining=True, ptx_coef=0.5,
+                        advantage_estimator="grpo", samples_per_prompt=2, kl_in_loss=True)  # fmt: skip
+    run = trainer(tmp_path / "grpo", iterations=1)
     run.fit(module, data)
     logged = {name for name in run.callback_metrics if name.startswith("ppo/")}
     assert logged == table

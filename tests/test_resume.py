@@ -32,7 +32,7 @@ def stage_config(tmp_path, stage: str, tokenizer_dir) -> dict:
     """A float64 config of ``stage`` (8 optimizer steps, one epoch holds more) on files written here."""
     records = reverse_records(96, seed=3)
     common = {"dtype": "float64", "learning_rate": 1e-3, "warmup": 0, "dropout": 0.0}  # masks are not in checkpoints
-    if stage == "ppo":
+    if stage in ("ppo", "rloo"):
         from tests.test_ppo_module import build_dirs
 
         sft, rm = build_dirs(tmp_path / "models", tokenizer_dir)
@@ -51,6 +51,11 @@ def stage_config(tmp_path, stage: str, tokenizer_dir) -> dict:
                 **{k: v for k, v in common.items() if k != "dropout"},  # PPO's dropout is always 0
             },
         }  # one optimizer step an iteration
+        if stage == "rloo":  # 4 prompts x 2 samples, no value model; KL in the reward, so the rollout's log-probs kept
+            # no_eos_score=None: the random policy never stops, and k equal penalties would give it no gradient at all
+            model["init_args"].update(
+                advantage_estimator="rloo", samples_per_prompt=2, minibatch_size=8, no_eos_score=None
+            )
         data = {
             "class_path": "lit_rlhf.data.prompts.PromptDataModule",
             "init_args": {"train_files": str(files), "batch_size": 4},
@@ -70,7 +75,7 @@ def stage_config(tmp_path, stage: str, tokenizer_dir) -> dict:
         model = {"class_path": f"lit_rlhf.{module}", "init_args": {**scratch, **options}}
         data = {"class_path": f"lit_rlhf.data.modules.{datamodule}",
                 "init_args": {"train_files": str(files), "val_files": str(files), "batch_size": 4}}  # fmt: skip
-    steps = {"limit_train_batches": 8, "max_epochs": 1} if stage == "ppo" else {"max_steps": 8}
+    steps = {"limit_train_batches": 8, "max_epochs": 1} if stage in ("ppo", "rloo") else {"max_steps": 8}
     trainer = {"accelerator": "cpu", **steps, "limit_val_batches": 0, "num_sanity_val_steps": 0,
                "enable_progress_bar": False, "logger": False, "checkpoint_every_n_steps": 2}  # fmt: skip
     return {"seed_everything": 0, "trainer": trainer, "model": model, "data": data}
@@ -88,7 +93,7 @@ def run_cli(config: dict, root, *flags: str, expect_kill: bool = False) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["sft", "rm", "ppo", "dpo", "dpo_precomputed"])
+@pytest.mark.parametrize("stage", ["sft", "rm", "ppo", "rloo", "dpo", "dpo_precomputed"])
 def test_a_run_killed_mid_epoch_resumes_from_last_to_the_weights_of_an_unbroken_run(tmp_path, tokenizer_dir, stage):
     config = stage_config(tmp_path, stage, tokenizer_dir)
     run_cli(config, tmp_path / "unbroken")
@@ -110,7 +115,7 @@ def test_a_run_killed_mid_epoch_resumes_from_last_to_the_weights_of_an_unbroken_
     resumed = load_file(tmp_path / "resumed" / "hf" / "model.safetensors")
     assert_weights_close(resumed, unbroken, weight_tolerance(8, 1e-3))
     # and the resume mattered: a run of only the last 4 steps from scratch ends elsewhere
-    short_steps = {"limit_train_batches": 4} if stage == "ppo" else {"max_steps": 4}
+    short_steps = {"limit_train_batches": 4} if stage in ("ppo", "rloo") else {"max_steps": 4}
     run_cli({**config, "trainer": {**config["trainer"], **short_steps}}, tmp_path / "short")
     short = load_file(tmp_path / "short" / "hf" / "model.safetensors")
     assert max(float((short[k] - unbroken[k]).abs().max()) for k in unbroken) > 1e-4

@@ -1,4 +1,4 @@
-"""The PPO math as pure tensor functions: KL rewards, GAE, whitening, clipped losses, KL controllers.
+"""The RL math as pure tensor functions: KL rewards, GAE, critic-free advantages, whitening, losses, KL controllers.
 
 Nothing here knows about Lightning or models, so every function can be checked against hand-computed values
 (see ``tests/test_ppo_core.py``).
@@ -20,6 +20,9 @@ import torch
 from torch import Tensor
 
 KL_ESTIMATORS = ("k1", "k3")
+ADVANTAGE_ESTIMATORS = ("gae", "rloo", "grpo", "dr_grpo", "reinforce_pp")
+GROUP_ESTIMATORS = ("rloo", "grpo", "dr_grpo")  # a baseline from the other samples of the same prompt: k >= 2
+LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "constant")
 
 
 def _zero_masked(x: Tensor, mask: Tensor) -> Tensor:
@@ -293,8 +296,167 @@ def gae(rewards: Tensor, values: Tensor, response_mask: Tensor, gamma: float, la
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Critic-free advantages (no value model)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def group_advantages(returns: Tensor, samples_per_prompt: int, estimator: str, eps: float = 1e-6) -> Tensor:
+    """Sequence-level advantages from a baseline over the ``k`` samples of each prompt.
+
+    Rows ``g*k .. g*k + k - 1`` of ``returns`` are the ``k = samples_per_prompt`` samples of prompt ``g``. With
+    ``R_i`` the return of sample ``i`` and ``mean``, ``std`` its prompt's over the k samples:
+
+    - ``"rloo"``: ``R_i - (sum_{j != i} R_j) / (k - 1)``, the leave-one-out baseline (Kool et al. 2019; Ahmadian et
+      al. 2024, eq. 6). The baseline is a product with the off-diagonal ones matrix, so ``R_i`` is multiplied by
+      exactly 0 in its own baseline: nothing of a sample leaks into it, not even rounding.
+    - ``"grpo"``: ``(R_i - mean) / (std + eps)`` with the unbiased (Bessel) std of the group (Shao et al. 2024,
+      DeepSeekMath section 4.1.2, outcome supervision).
+    - ``"dr_grpo"``: ``R_i - mean`` (Liu et al. 2025, "Understanding R1-Zero-like training": no std division).
+
+    Computed in float64 (float32 on MPS), returned in ``returns``' dtype.
+
+    Args:
+        returns: (batch,) the return of each episode, ``batch = n_prompts * k``, a prompt's samples contiguous.
+        samples_per_prompt: k, at least 2.
+        estimator: ``"rloo"``, ``"grpo"`` or ``"dr_grpo"``.
+        eps: added to the group std under ``"grpo"`` (a group of equal returns gets advantage 0, not 0 / 0).
+
+    Returns:
+        (batch,) the advantage of each episode.
+
+    Raises:
+        ValueError: unknown estimator, k < 2, or a batch that is not a multiple of k.
+    """
+    k = samples_per_prompt
+    if estimator not in GROUP_ESTIMATORS:
+        raise ValueError(f"unknown group estimator {estimator!r}; choose one of {GROUP_ESTIMATORS}")
+    if k < 2 or returns.shape[0] % k:
+        raise ValueError(f"group_advantages needs k >= 2 dividing the batch, got k={k}, batch={returns.shape[0]}")
+    r = returns.to(_stats_dtype(returns)).reshape(-1, k)
+    if estimator == "rloo":
+        others = 1.0 - torch.eye(k, dtype=r.dtype, device=r.device)  # (k, k): column i sums the samples j != i
+        advantages = r - (r @ others) / (k - 1)
+    else:
+        mean = r.mean(dim=1, keepdim=True)
+        advantages = r - mean
+        if estimator == "grpo":
+            advantages = advantages / (r.std(dim=1, keepdim=True) + eps)
+    return advantages.reshape(-1).to(returns.dtype)
+
+
+def group_reward_stats(scores: Tensor, samples_per_prompt: int) -> tuple[Tensor, Tensor]:
+    """Per prompt: whether its k scores are all equal (such a group gives a zero group advantage), and their std.
+
+    Args:
+        scores: (batch,) the score of each episode, ``batch = n_prompts * k``, a prompt's samples contiguous.
+        samples_per_prompt: k.
+
+    Returns:
+        all_equal: (n_prompts,) bool, True where every sample of the prompt scored the same.
+        std: (n_prompts,) the population std of the prompt's scores (0 for k = 1), float64 (float32 on MPS).
+    """
+    s = scores.to(_stats_dtype(scores)).reshape(-1, samples_per_prompt)
+    return (s == s[:, :1]).all(dim=1), s.std(dim=1, correction=0)
+
+
+def returns_to_go(rewards: Tensor, response_mask: Tensor, gamma: float) -> Tensor:
+    """Discounted return from each token to the end of its response: ``G_t = r_t + gamma * G_{t+1}``.
+
+    REINFORCE++ (Hu 2025, eq. 6 with the k1 KL in ``rewards``). Masked-out positions are skipped, as in
+    :func:`gae`: this is GAE with every value 0 and ``lam = 1``.
+
+    Args:
+        rewards: (batch, response_len) per-token rewards (see :func:`kl_rewards`).
+        response_mask: (batch, response_len) bool, True on real response tokens.
+        gamma: discount factor.
+
+    Returns:
+        (batch, response_len) the return-to-go, 0 where ``response_mask`` is False.
+    """
+    return gae(rewards, torch.zeros_like(rewards), response_mask, gamma, 1.0)[0]
+
+
+def critic_free_advantages(
+    rewards: Tensor,
+    response_mask: Tensor,
+    estimator: str,
+    samples_per_prompt: int,
+    gamma: float = 1.0,
+    all_reduce: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
+    """Per-token advantages without a value model, from the per-token rewards of :func:`kl_rewards`.
+
+    - ``"rloo"``, ``"grpo"``, ``"dr_grpo"``: the return is the sum of a response's rewards (its score minus beta
+      times its summed KL), turned into a sequence advantage by :func:`group_advantages` and put on every token.
+    - ``"reinforce_pp"``: :func:`returns_to_go`, whitened over every counted token of the batch on all ranks
+      (:func:`masked_whiten`, ``eps=1e-8``); any k, including 1.
+
+    Args:
+        rewards: (batch, response_len) per-token rewards, 0 where ``response_mask`` is False.
+        response_mask: (batch, response_len) bool, True on real response tokens.
+        estimator: ``"rloo"``, ``"grpo"``, ``"dr_grpo"`` or ``"reinforce_pp"``.
+        samples_per_prompt: k; rows ``g*k .. g*k + k - 1`` answer prompt ``g``.
+        gamma: discount of the return-to-go (``reinforce_pp`` only).
+        all_reduce: as in :func:`masked_whiten` (``reinforce_pp`` only; the group estimators need only the
+            prompt's own rows).
+
+    Returns:
+        (batch, response_len) advantages, 0 where ``response_mask`` is False.
+    """
+    if estimator == "reinforce_pp":
+        return masked_whiten(returns_to_go(rewards, response_mask, gamma), response_mask, all_reduce=all_reduce)
+    sequence = group_advantages(_zero_masked(rewards, response_mask).sum(1), samples_per_prompt, estimator)
+    return sequence_to_tokens(sequence, response_mask)
+
+
+def sequence_to_tokens(advantages: Tensor, response_mask: Tensor) -> Tensor:
+    """(batch, response_len) each episode's sequence-level advantage on each of its counted tokens, 0 elsewhere.
+
+    Args:
+        advantages: (batch,) one advantage per episode.
+        response_mask: (batch, response_len) bool, True on real response tokens.
+    """
+    return _zero_masked(advantages.unsqueeze(1).expand(response_mask.shape), response_mask)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Losses
 # --------------------------------------------------------------------------------------------------------------
+
+
+def aggregate_loss(
+    per_token: Tensor, response_mask: Tensor, mode: str = "token_mean", max_len: int | None = None
+) -> Tensor:
+    """Reduce a per-token loss to a scalar.
+
+    - ``"token_mean"``: the mean over every counted token of the batch (PPO's; a long response weighs more).
+    - ``"seq_mean_token_mean"``: the mean over episodes of each episode's token mean (GRPO's paper, eq. 3: every
+      response weighs the same, so a token of a short response weighs more).
+    - ``"constant"``: the sum over counted tokens divided by ``max_len * batch`` (Dr. GRPO: no division by a
+      response's own length, which biases wrong answers to grow longer).
+
+    Args:
+        per_token: (batch, response_len) the loss at each token.
+        response_mask: (batch, response_len) bool, True on real response tokens.
+        mode: one of ``LOSS_AGGREGATIONS``.
+        max_len: the constant length of ``"constant"`` (the longest possible response, ``max_new_tokens``).
+
+    Returns:
+        A scalar tensor; ``nan`` for ``token_mean`` over an empty mask and for a row with no counted token under
+        ``seq_mean_token_mean``.
+
+    Raises:
+        ValueError: unknown mode, or ``"constant"`` without ``max_len``.
+    """
+    if mode == "token_mean":
+        return masked_mean(per_token, response_mask)
+    if mode == "seq_mean_token_mean":
+        return masked_mean(per_token, response_mask, dim=1).mean()
+    if mode == "constant":
+        if max_len is None:
+            raise ValueError("aggregate_loss(mode='constant') needs max_len")
+        return _zero_masked(per_token, response_mask).sum() / (max_len * per_token.shape[0])
+    raise ValueError(f"unknown loss aggregation {mode!r}; choose one of {LOSS_AGGREGATIONS}")
 
 
 def clipped_policy_loss(
@@ -303,11 +465,14 @@ def clipped_policy_loss(
     advantages: Tensor,
     response_mask: Tensor,
     clip_range: float,
+    aggregation: str = "token_mean",
+    max_len: int | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO's clipped surrogate objective, as a loss to minimise (Schulman et al. 2017, eq. 7).
 
     ``loss = mean_t max(-A_t * ratio_t, -A_t * clip(ratio_t, 1 - clip_range, 1 + clip_range))`` with
-    ``ratio_t = exp(logprobs_t - old_logprobs_t)``, the mean taken over all counted tokens of the minibatch.
+    ``ratio_t = exp(logprobs_t - old_logprobs_t)``, the mean taken over all counted tokens of the minibatch
+    (``aggregation="token_mean"``; see :func:`aggregate_loss` for the others, ``max_len`` is its argument).
 
     Args:
         logprobs: (batch, response_len) log-prob of each response token under the policy being optimised.
@@ -329,7 +494,7 @@ def clipped_policy_loss(
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.maximum(unclipped, clipped), response_mask)
+    loss = aggregate_loss(torch.maximum(unclipped, clipped), response_mask, aggregation, max_len)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean((clipped > unclipped).to(ratio.dtype), response_mask),

@@ -1,18 +1,26 @@
-"""PPOModule: RLHF with PPO and PPO-ptx, one PPO iteration per ``training_step`` (InstructGPT step 3).
+"""PPOModule: RLHF with PPO, PPO-ptx and critic-free estimators (RLOO, GRPO, Dr. GRPO, REINFORCE++), one RL
+iteration per ``training_step`` (InstructGPT step 3).
 
 Four models: the **policy** (trained, from the SFT directory; exported at the end as a Hugging Face directory),
 the frozen **reference** (the same SFT weights; under LoRA the policy with its adapters disabled, no second
-copy), the **value model** (trained, initialised from the reward model: InstructGPT C.4) and the frozen **reward
-model** (or a Python ``reward_fn`` for rule-based rewards, ``--model.reward_fn=module.function``). Dropout is off in
-all four.
+copy; none at all when ``kl_coef`` is 0), the **value model** (trained, initialised from the reward model:
+InstructGPT C.4; only with ``--model.advantage_estimator=gae``) and the frozen **reward model** (or a Python
+``reward_fn`` for rule-based rewards, ``--model.reward_fn=module.function``). Dropout is off in all of them.
+
+``--model.advantage_estimator`` picks how advantages are made from the same rollout (docs/critic_free.md):
+``gae`` (PPO, a value model), ``rloo``, ``grpo``, ``dr_grpo`` (a baseline over the ``samples_per_prompt`` samples of
+each prompt) or ``reinforce_pp`` (return-to-go whitened over the batch). The critic-free ones load, build, train
+and checkpoint no value model.
 
 Batch sizes, per process (each is checked at start; the derived counts are printed):
 
-- rollout batch = ``--data.batch_size``: prompts answered per PPO iteration (the DataLoader batch);
-- ``--model.minibatch_size``: episodes per optimizer step; must divide the rollout batch;
-- ``--model.micro_batch_size``: episodes per forward/backward; must divide ``minibatch_size``.
+- rollout batch = ``--data.batch_size``: **prompts** answered per iteration (the DataLoader batch);
+- ``--model.samples_per_prompt`` (k): responses sampled per prompt, all on the prompt's process, so an iteration
+  has ``batch_size x k`` **episodes** per process;
+- ``--model.minibatch_size``: **episodes** per optimizer step; must divide ``batch_size x k``;
+- ``--model.micro_batch_size``: **episodes** per forward/backward; must divide ``minibatch_size``.
 
-One iteration = ``ppo_epochs x rollout/minibatch_size`` optimizer steps. ``trainer.global_step`` counts optimizer
+One iteration = ``ppo_epochs x batch_size x k / minibatch_size`` optimizer steps. ``trainer.global_step`` counts optimizer
 steps, so **do not use** ``--trainer.max_steps`` **to count iterations**: limit training with
 ``--trainer.max_epochs`` (passes over the prompts) and ``--trainer.limit_train_batches`` (iterations per pass).
 
@@ -31,20 +39,24 @@ Logged every iteration (names are stable; scripts may rely on them):
 ``ppo/approxkl``            ``0.5 mean (logprobs - old_logprobs)^2`` over updates
 ``ppo/approxkl_k3``         ``mean((ratio - 1) - log ratio)``, the k3 estimate of ``KL(old || new)``, over updates
 ``ppo/clipfrac``            fraction of tokens where the policy clip was active
-``ppo/vf_clipfrac``         fraction of tokens where the value clip was active
+``ppo/vf_clipfrac``         [gae] fraction of tokens where the value clip was active
 ``ppo/policy_loss``         clipped surrogate loss
-``ppo/value_loss``          clipped value loss
-``ppo/explained_variance``  how much of the returns' variance the rollout values explain
+``ppo/value_loss``          [gae] clipped value loss
+``ppo/explained_variance``  [gae] how much of the returns' variance the rollout values explain
+``ppo/kl_loss``             [kl_in_loss] the k3 KL term of the loss, before ``kl_coef``
+``ppo/groups_all_equal``    [k>1] share of prompts whose k scores are all equal (no group-baseline gradient)
+``ppo/group_score_std``     [k>1] mean over prompts of the std of their k scores
+``ppo/episodes_per_second`` episodes (all ranks) per second of the iteration (sampling, scoring, update)
 ``ppo/ratio_mean``          mean probability ratio over updates
 ``ppo/ptx_loss``            LM loss on the pretraining tokens (PPO-ptx only)
 ``ppo/lr``                  policy learning rate
 ``ppo/iteration``           completed PPO iterations
 ``ppo/time_generation``     seconds spent sampling responses
-``ppo/time_scoring``        seconds in the no-grad forwards (reward, policy, reference, value)
+``ppo/time_scoring``        seconds in the no-grad forwards (reward, policy, reference, value; those that run)
 ``ppo/time_training``       seconds in the PPO epochs
 ==========================  ===================================================================================
 
-A table ``ppo/samples`` (iteration, prompt, response, score) goes to W&B (or the log) every
+A name marked [gae], [kl_in_loss] or [k>1] is logged only then. A table ``ppo/samples`` (iteration, prompt, response, score) goes to W&B (or the log) every
 ``log_samples_every_n_iterations`` iterations.
 """
 
@@ -123,7 +135,22 @@ class PPOModule(StageModule):
         minibatch_size: Episodes per optimizer step on one process; must divide ``--data.batch_size``.
         micro_batch_size: Episodes per forward/backward (gradient accumulation); must divide ``minibatch_size``.
         forward_batch_size: Episodes per no-grad scoring forward; default ``micro_batch_size``.
-        ppo_epochs: Passes over each rollout (InstructGPT: 1 per batch of episodes; TRL/cleanrl: 4).
+        advantage_estimator: ``gae``: PPO with a value model. ``rloo``: return minus the mean return of the prompt's
+            other k-1 samples. ``grpo``: (return - group mean) / (group std + 1e-6). ``dr_grpo``: return - group mean,
+            with the ``constant`` loss aggregation by default. ``reinforce_pp``: return-to-go of the per-token rewards,
+            whitened over the whole rollout (all ranks), k >= 1. No value model with any but ``gae``.
+        samples_per_prompt: k, responses sampled per prompt, each from its own seeded stream; >= 2 for ``rloo``,
+            ``grpo`` and ``dr_grpo``.
+        kl_in_loss: Put the KL penalty in the loss (``kl_coef x`` the k3 estimate per token, aggregated as the
+            policy loss: GRPO's) instead of in the reward (the default: k1 per token, unbiased). The gradient of the
+            k3 term is a biased estimate of the KL's gradient (docs/critic_free.md).
+        loss_aggregation: How a minibatch's per-token losses become one: ``token_mean`` (every token the same),
+            ``seq_mean_token_mean`` (every response the same), ``constant`` (token sum / (max_new_tokens x
+            episodes), Dr. GRPO). Default ``constant`` with ``dr_grpo``, else ``token_mean``.
+        ppo_epochs: Passes over each rollout, mu (InstructGPT: 1 per batch of episodes; TRL/cleanrl: 4); default 4
+            with ``gae``, 1 with the critic-free estimators. When a rollout feeds exactly one optimizer step (1 pass,
+            one minibatch) and the reward needs no policy log-probs (``kl_coef`` 0 or ``kl_in_loss``), the no-grad
+            policy forward is skipped: the old log-probs are the update's own, detached (ratio exactly 1).
         trim_padding: In the PPO update, order each minibatch's episodes by length into micro-batches and drop the
             columns that are padding in every row of a micro-batch (less compute; the same gradient up to float
             round-off). False keeps the rollout's full width, so the first minibatch's ratio is exactly 1.
@@ -187,7 +214,11 @@ class PPOModule(StageModule):
         minibatch_size: int = 8,
         micro_batch_size: int = 8,
         forward_batch_size: int | None = None,
-        ppo_epochs: int = 4,
+        advantage_estimator: Literal["gae", "rloo", "grpo", "dr_grpo", "reinforce_pp"] = "gae",
+        samples_per_prompt: int = 1,
+        kl_in_loss: bool = False,
+        loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "constant"] | None = None,
+        ppo_epochs: int | None = None,
         trim_padding: bool = True,
         max_new_tokens: int = 32,
         temperature: float = 1.0,
@@ -247,15 +278,62 @@ class PPOModule(StageModule):
         self.ema_params: list[Tensor] | None = None
         self.minibatch_stats: list[dict[str, float]] = []
         """Per-minibatch statistics of the last iteration, in update order (for tests and debugging)."""
+        self.reuse_update_logprobs = False
+        """Skip the no-grad policy forward of the rollout (set at fit start; see ``ppo_epochs``)."""
+
+    # -- derived options -----------------------------------------------------------------------------------------
+
+    @property
+    def critic_free(self) -> bool:
+        """No value model: the advantages come from the other samples of a prompt or from the batch."""
+        return self.hparams.advantage_estimator != "gae"
+
+    @property
+    def epochs(self) -> int:
+        """Passes over each rollout (mu): ``ppo_epochs``, default 4 with GAE and 1 without a value model."""
+        return self.hparams.ppo_epochs or (1 if self.critic_free else 4)
+
+    @property
+    def aggregation(self) -> str:
+        """The loss aggregation: ``loss_aggregation``, default ``constant`` for Dr. GRPO and ``token_mean`` else."""
+        hp = self.hparams
+        return hp.loss_aggregation or ("constant" if hp.advantage_estimator == "dr_grpo" else "token_mean")
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether the frozen reference runs at all: not with ``kl_coef=0`` (and no KL target)."""
+        return self.hparams.kl_coef > 0 or self.hparams.kl_target is not None
+
+    def episodes_per_process(self, prompts: int) -> int:
+        return prompts * self.hparams.samples_per_prompt
 
     def _check_options(self) -> None:
         hp = self.hparams
         problems = []
         if (hp.reward_model_path is None) == (self.reward_fn is None):
             problems.append("give exactly one of --model.reward_model_path and --model.reward_fn")
-        for name in ("minibatch_size", "micro_batch_size", "ppo_epochs", "max_new_tokens"):
+        for name in ("minibatch_size", "micro_batch_size", "max_new_tokens", "samples_per_prompt"):
             if hp[name] < 1:
                 problems.append(f"--model.{name} must be >= 1, got {hp[name]}")
+        if hp.ppo_epochs is not None and hp.ppo_epochs < 1:
+            problems.append(
+                f"--model.ppo_epochs must be >= 1 (or null for the estimator's default), got {hp.ppo_epochs}"
+            )
+        if hp.advantage_estimator not in core.ADVANTAGE_ESTIMATORS:
+            problems.append(f"--model.advantage_estimator must be one of {core.ADVANTAGE_ESTIMATORS}, "
+                            f"got {hp.advantage_estimator!r}")  # fmt: skip
+        if hp.advantage_estimator in core.GROUP_ESTIMATORS and hp.samples_per_prompt < 2:
+            problems.append(f"--model.advantage_estimator={hp.advantage_estimator} needs a group: "
+                            f"--model.samples_per_prompt >= 2, got {hp.samples_per_prompt}")  # fmt: skip
+        if hp.loss_aggregation is not None and hp.loss_aggregation not in core.LOSS_AGGREGATIONS:
+            problems.append(f"--model.loss_aggregation must be one of {core.LOSS_AGGREGATIONS}, "
+                            f"got {hp.loss_aggregation!r}")  # fmt: skip
+        if hp.advantage_estimator != "gae":
+            if hp.value_model != "separate" or hp.value_model_path is not None:
+                problems.append(f"--model.advantage_estimator={hp.advantage_estimator} has no value model: drop "
+                                "--model.value_model and --model.value_model_path")  # fmt: skip
+        if hp.kl_in_loss and not hp.kl_coef > 0:
+            problems.append("--model.kl_in_loss needs --model.kl_coef > 0")
         if hp.micro_batch_size >= 1 and hp.minibatch_size % hp.micro_batch_size:
             problems.append(
                 f"--model.micro_batch_size={hp.micro_batch_size} must divide --model.minibatch_size={hp.minibatch_size}"
@@ -312,9 +390,11 @@ class PPOModule(StageModule):
         trained = {**common, "gradient_checkpointing": hp.gradient_checkpointing}
         # trained models in train mode (from_pretrained returns eval mode; dropout is 0 in all four anyway)
         self.model = load_model(hp.model_name_or_path, self.tokenizer, lora=hp.lora, **trained).train()
-        if hp.lora is None:
+        if hp.lora is None and self.uses_reference:  # kl_coef=0: no reference at all (as TRL with beta=0)
             self.ref_model = freeze(load_model(hp.model_name_or_path, self.tokenizer, **frozen))
-        if hp.value_model == "shared":
+        if self.critic_free:
+            pass  # no value model: the baseline comes from the samples (docs/critic_free.md)
+        elif hp.value_model == "shared":
             weight = next(p for p in self.model.parameters() if p.is_floating_point())
             self.value_head = nn.Linear(self.model.config.hidden_size, 1, dtype=weight.dtype, device=weight.device)
             nn.init.zeros_(self.value_head.weight)
@@ -361,10 +441,13 @@ class PPOModule(StageModule):
         trainer, hp = self.trainer, self.hparams
         problems = []
         rollout_batch_size = getattr(trainer.datamodule, "batch_size", None) if trainer.datamodule else None
-        if rollout_batch_size is not None and rollout_batch_size % hp.minibatch_size:
+        k = hp.samples_per_prompt
+        if rollout_batch_size is not None and self.episodes_per_process(rollout_batch_size) % hp.minibatch_size:
+            per = f" x --model.samples_per_prompt={k}" if k > 1 else ""
             problems.append(
                 f"--model.minibatch_size={hp.minibatch_size} must divide the rollout batch --data.batch_size="
-                f"{rollout_batch_size}"
+                f"{rollout_batch_size}{per} ({self.episodes_per_process(rollout_batch_size)} episodes per process; "
+                "minibatch_size counts episodes)"
             )
         if trainer.gradient_clip_val:
             problems.append("PPO clips gradients itself: use --model.max_grad_norm, not --trainer.gradient_clip_val")
@@ -403,25 +486,35 @@ class PPOModule(StageModule):
 
     def on_fit_start(self) -> None:
         hp = self.hparams
-        rollout = self.trainer.datamodule.batch_size
-        n_minibatches = rollout // hp.minibatch_size
+        prompts = self.trainer.datamodule.batch_size
+        episodes = self.episodes_per_process(prompts)
+        n_minibatches = episodes // hp.minibatch_size
+        # one optimizer step per rollout and no policy log-probs in the reward: the rollout's policy forward would
+        # only give the old log-probs, which then equal the update's own (ratio exactly 1)
+        self.reuse_update_logprobs = (
+            self.critic_free and self.epochs * n_minibatches == 1 and (not self.uses_reference or hp.kl_in_loss)
+        )
         if self.trainer.is_global_zero:
             log.info(
-                "PPO batch sizes: %d prompts per iteration per process x %d process(es); minibatch %d episodes "
-                "(%d micro-batches of %d) -> %d optimizer steps per iteration (%d epochs x %d minibatches)",
-                rollout, self.trainer.world_size, hp.minibatch_size, hp.minibatch_size // hp.micro_batch_size,
-                hp.micro_batch_size, hp.ppo_epochs * n_minibatches, hp.ppo_epochs, n_minibatches,
+                "%s batch sizes: %d prompts x %d samples = %d episodes per iteration per process x %d process(es) "
+                "(%d episodes per iteration); minibatch %d episodes (%d micro-batches of %d) -> %d optimizer steps per "
+                "iteration (%d epochs x %d minibatches); value model: %s; rollout policy forward: %s",
+                hp.advantage_estimator, prompts, hp.samples_per_prompt, episodes, self.trainer.world_size,
+                episodes * self.trainer.world_size, hp.minibatch_size, hp.minibatch_size // hp.micro_batch_size,
+                hp.micro_batch_size, self.epochs * n_minibatches, self.epochs, n_minibatches,
+                "none" if self.critic_free else hp.value_model,
+                "skipped (ratio 1)" if self.reuse_update_logprobs else "yes",
             )  # fmt: skip
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
         value_lr = hp.value_learning_rate or hp.learning_rate
-        groups = weight_decay_groups(self.model, hp.weight_decay, lr=hp.learning_rate) + weight_decay_groups(
-            self.value_model or self.value_head, hp.weight_decay, lr=value_lr
-        )
+        groups = weight_decay_groups(self.model, hp.weight_decay, lr=hp.learning_rate)
+        if not self.critic_free:
+            groups += weight_decay_groups(self.value_model or self.value_head, hp.weight_decay, lr=value_lr)
         optimizer = torch.optim.AdamW(groups, betas=tuple(hp.betas))
-        rollout = self.trainer.datamodule.batch_size
-        total_steps = self.trainer.estimated_stepping_batches * hp.ppo_epochs * (rollout // hp.minibatch_size)
+        episodes = self.episodes_per_process(self.trainer.datamodule.batch_size)
+        total_steps = self.trainer.estimated_stepping_batches * self.epochs * (episodes // hp.minibatch_size)
         min_ratio = hp.min_lr_ratio if hp.lr_schedule == "cosine" else 1.0
         schedule = warmup_cosine_lambda(resolve_warmup(hp.warmup, int(total_steps)), int(total_steps), min_ratio)
         return {
@@ -432,14 +525,26 @@ class PPOModule(StageModule):
     # -- one PPO iteration ---------------------------------------------------------------------------------------
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        start = self._now()
+        batch = self.episodes_of(batch)  # k rows per prompt
         rollout, rollout_stats = self.collect_rollout(batch)  # no grad
         train_stats = self.ppo_update(rollout)  # ppo_epochs x minibatches x micro-batches
-        self.kl_controller.update(rollout_stats["ppo/kl"], n_steps=len(rollout) * self.trainer.world_size)
+        stats = {**rollout_stats, **train_stats}  # the update measured kl and entropy when the rollout skipped them
+        self.kl_controller.update(stats["ppo/kl"], n_steps=len(rollout) * self.trainer.world_size)
         self.iteration += 1
-        self.log_dict({**rollout_stats, **train_stats, "ppo/iteration": float(self.iteration)}, sync_dist=True)
+        stats["ppo/episodes_per_second"] = len(rollout) * self.trainer.world_size / (self._now() - start)
+        self.log_dict({**stats, "ppo/iteration": float(self.iteration)}, sync_dist=True)
         self.log("ppo/score", rollout_stats["ppo/score_mean"], prog_bar=True, sync_dist=True)
         self.maybe_log_samples(batch, rollout)
         self.maybe_export_iteration()
+
+    def episodes_of(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The batch with each prompt repeated ``samples_per_prompt`` times, a prompt's k rows contiguous (they stay
+        on this process, so a prompt's baseline is exact under DDP); ``sample`` numbers the k samples."""
+        k = self.hparams.samples_per_prompt
+        index = batch["index"]
+        sample = torch.arange(k, device=index.device).repeat(len(index))
+        return {**{name: value.repeat_interleave(k, dim=0) for name, value in batch.items()}, "sample": sample}
 
     @torch.no_grad()
     def collect_rollout(self, batch: dict[str, Tensor]) -> tuple[Rollout, dict[str, float]]:
@@ -448,7 +553,11 @@ class PPOModule(StageModule):
         prompt_ids, prompt_mask = batch["input_ids"], batch["attention_mask"].bool()
         # 1. sample responses, one random stream per prompt (same rollout with 1 or N processes)
         start = self._now()
-        seeds = [sample_seed(hp.rollout_seed, self.iteration, int(i)) for i in batch["index"]]
+        if hp.samples_per_prompt == 1:  # PPO's streams, unchanged
+            seeds = [sample_seed(hp.rollout_seed, self.iteration, int(i)) for i in batch["index"]]
+        else:  # one stream per (prompt, sample): the same rollout whichever process holds the prompt
+            seeds = [sample_seed(hp.rollout_seed, self.iteration, int(i), int(j))
+                     for i, j in zip(batch["index"], batch["sample"], strict=True)]  # fmt: skip
         with gathered(self.model) as policy:  # sharded weights gathered once, not at every decode step
             responses = sample_responses(
                 policy, prompt_ids, prompt_mask, seeds, max_new_tokens=hp.max_new_tokens,
@@ -468,24 +577,32 @@ class PPOModule(StageModule):
         if hp.no_eos_score is not None:
             scores = torch.where(has_eos, scores, torch.full_like(scores, hp.no_eos_score))
         chunk = hp.forward_batch_size or hp.micro_batch_size
-        logprobs, entropy, values = self._policy_outputs(query_responses, attention_mask, response_len, chunk)
-        with self.reference() as ref:
-            ref_logprobs = in_chunks(
-                lambda q, a: response_logprobs(ref, q, a, response_len, hp.temperature)[0],
-                chunk, query_responses, attention_mask,
-            )  # fmt: skip
-        if values is None:
+        zeros = torch.zeros(response_mask.shape, device=response_mask.device)
+        if self.reuse_update_logprobs:  # the update's own forward gives them (ratio 1), and kl and entropy
+            logprobs, entropy, values = zeros, None, None
+        else:
+            logprobs, entropy, values = self._policy_outputs(query_responses, attention_mask, response_len, chunk)
+        ref_logprobs = zeros
+        if self.uses_reference:
+            with self.reference() as ref:
+                ref_logprobs = in_chunks(
+                    lambda q, a: response_logprobs(ref, q, a, response_len, hp.temperature)[0],
+                    chunk, query_responses, attention_mask,
+                )  # fmt: skip
+        if self.critic_free:
+            values = zeros
+        elif values is None:
             values = in_chunks(
                 lambda q, a: token_values(self.value_model, q, a, response_len), chunk, query_responses, attention_mask
             )
         time_scoring = self._now() - start
-        # 4. per-token rewards (score at the last token, KL on every token), GAE, whitening across ranks
+        # 4. per-token rewards (score at the last token, KL on every token unless it is in the loss), advantages
         kl_coef = self.kl_controller.value
-        rewards, kl = core.kl_rewards(logprobs, ref_logprobs, scores, response_mask, kl_coef, hp.kl_estimator)
+        reward_kl_coef = 0.0 if hp.kl_in_loss else kl_coef
+        rewards, kl = core.kl_rewards(logprobs, ref_logprobs, scores, response_mask, reward_kl_coef, hp.kl_estimator)
         if hp.whiten_rewards:
             rewards = core.masked_whiten(rewards, response_mask, shift_mean=False, all_reduce=self.all_reduce_sum)
-        advantages, returns = core.gae(rewards, values, response_mask, hp.gamma, hp.lam)
-        advantages = core.masked_whiten(advantages, response_mask, all_reduce=self.all_reduce_sum)
+        advantages, returns = self.advantages(rewards, values, response_mask)
         rollout = Rollout(
             query_responses=query_responses, attention_mask=attention_mask, response_mask=response_mask,
             logprobs=logprobs, ref_logprobs=ref_logprobs, values=values, scores=scores, rewards=rewards,
@@ -495,19 +612,42 @@ class PPOModule(StageModule):
         stats = {
             "ppo/score_mean": score_mean,
             "ppo/score_std": score_std,
-            "ppo/kl": self.global_mean(kl.sum(1)),
             "ppo/kl_coef": kl_coef,
-            "ppo/entropy": self.global_mean(entropy[response_mask]),
             "ppo/response_length": self.global_mean(response_mask.sum(1).float()),
             "ppo/eos_rate": self.global_mean(has_eos.float()),
             "ppo/reward_mean": self.global_mean(rewards.sum(1)),
-            "ppo/explained_variance": float(
-                core.explained_variance(values, returns, response_mask, all_reduce=self.all_reduce_sum)
-            ),
             "ppo/time_generation": time_generation,
             "ppo/time_scoring": time_scoring,
         }
+        if not self.reuse_update_logprobs:
+            # the KL to the reference, as in the reward (k1 unless --model.kl_estimator); nan without a reference
+            stats["ppo/kl"] = self.global_mean(kl.sum(1)) if self.uses_reference else float("nan")
+            stats["ppo/entropy"] = self.global_mean(entropy[response_mask])
+        if not self.critic_free:
+            stats["ppo/explained_variance"] = float(
+                core.explained_variance(values, returns, response_mask, all_reduce=self.all_reduce_sum)
+            )
+        if hp.samples_per_prompt > 1:
+            all_equal, group_std = core.group_reward_stats(scores, hp.samples_per_prompt)
+            stats["ppo/groups_all_equal"] = self.global_mean(all_equal.float())
+            stats["ppo/group_score_std"] = self.global_mean(group_std)
         return rollout, stats
+
+    def advantages(self, rewards: Tensor, values: Tensor, response_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """(batch, response_len) advantages and value targets (0 without a value model) of the rollout's episodes.
+
+        GAE and REINFORCE++ are whitened over the whole rollout, all ranks; the group estimators read only the
+        prompt's own k samples, which are on this process.
+        """
+        hp = self.hparams
+        estimator = hp.advantage_estimator
+        if estimator == "gae":
+            advantages, returns = core.gae(rewards, values, response_mask, hp.gamma, hp.lam)
+            return core.masked_whiten(advantages, response_mask, all_reduce=self.all_reduce_sum), returns
+        advantages = core.critic_free_advantages(
+            rewards, response_mask, estimator, hp.samples_per_prompt, hp.gamma, all_reduce=self.all_reduce_sum
+        )
+        return advantages, values  # no value targets: nothing learns them
 
     def _policy_outputs(
         self, query_responses: Tensor, attention_mask: Tensor, response_len: int, chunk: int
@@ -555,7 +695,10 @@ class PPOModule(StageModule):
         return in_chunks(lambda q, a, i: score_at_last_token(self.reward_model, q, a, i), chunk, input_ids, mask, last)
 
     def ppo_update(self, rollout: Rollout) -> dict[str, float]:
-        """``ppo_epochs`` passes over the rollout, one optimizer step per minibatch; mean statistics returned."""
+        """``ppo_epochs`` passes over the rollout, one optimizer step per minibatch; mean statistics returned.
+
+        With ``reuse_update_logprobs`` the single step's forward also measures the rollout's ``ppo/kl`` and
+        ``ppo/entropy`` (the policy has not moved yet, so they are the rollout's)."""
         hp = self.hparams
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         rank, world = self.trainer.global_rank, self.trainer.world_size
@@ -563,10 +706,10 @@ class PPOModule(StageModule):
         buffer = RolloutBuffer(rollout, hp.minibatch_size, hp.micro_batch_size, generator, hp.trim_padding)
         start = self._now()
         self.minibatch_stats = []
-        for epoch in range(hp.ppo_epochs):
+        for epoch in range(self.epochs):
             for step, minibatch in enumerate(buffer.minibatches()):
-                n_tokens = self.minibatch_tokens(minibatch)
-                stream_step = (self.iteration * hp.ppo_epochs + epoch) * len(buffer) + step
+                n_tokens = self.minibatch_normaliser(minibatch)
+                stream_step = (self.iteration * self.epochs + epoch) * len(buffer) + step
                 ptx_batches = self.pretraining_micro_batches(stream_step, len(minibatch), rank, world)
                 ptx_tokens = self.ptx_tokens(ptx_batches)
                 stats: dict[str, float] = defaultdict(float)
@@ -584,6 +727,10 @@ class PPOModule(StageModule):
                 self.minibatch_stats.append(dict(stats))
         stats = {f"ppo/{k}": sum(s[k] for s in self.minibatch_stats) / len(self.minibatch_stats)
                  for k in self.minibatch_stats[0]}  # fmt: skip
+        if self.reuse_update_logprobs:  # sums over this process's episodes and tokens, made global means
+            kl_sum = stats.pop("ppo/kl_sum")
+            stats["ppo/kl"] = self.global_ratio(kl_sum, len(rollout)) if self.uses_reference else float("nan")
+            stats["ppo/entropy"] = self.global_ratio(stats.pop("ppo/entropy_sum"), float(rollout.response_mask.sum()))
         stats["ppo/time_training"] = self._now() - start
         stats["ppo/lr"] = scheduler.get_last_lr()[0]
         return stats
@@ -591,31 +738,50 @@ class PPOModule(StageModule):
     def micro_batch_loss(
         self,
         micro: Rollout,
-        minibatch_tokens: Tensor,
+        minibatch_normaliser: Tensor,
         ptx_batch: dict[str, Tensor] | None = None,
         ptx_tokens: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
-        """This micro-batch's share of the minibatch loss: token means become sums over the minibatch's tokens.
+        """This micro-batch's share of the minibatch loss: token means become sums over the minibatch's tokens
+        (episode means over its episodes, under the other aggregations; see :meth:`minibatch_normaliser`).
 
         Returns:
             The loss to backpropagate and statistics already weighted so that summing over the micro-batches of a
             minibatch gives the minibatch's values.
         """
         hp = self.hparams
-        share = micro.response_mask.sum() / minibatch_tokens  # masked means -> minibatch token mean
+        mask = micro.response_mask
+        # this micro-batch's share of the minibatch: its tokens under token_mean, else its episodes
+        count = mask.sum() if self.aggregation == "token_mean" else torch.tensor(float(len(micro)), device=mask.device)
+        share = count / minibatch_normaliser
         q, a, n = micro.query_responses, micro.attention_mask, micro.response_len
-        outputs = response_logprobs(self.model, q, a, n, hp.temperature, value_head=self.value_head)
+        reuse = self.reuse_update_logprobs
+        outputs = response_logprobs(self.model, q, a, n, hp.temperature, with_entropy=reuse, value_head=self.value_head)
         logprobs = outputs[0]  # with a shared value head the same forward gives the values too
-        values = outputs[2] if self.value_head is not None else token_values(self.value_model, q, a, n)
+        old_logprobs = logprobs.detach() if reuse else micro.logprobs  # one step per rollout: ratio exactly 1
         policy_loss, policy_stats = core.clipped_policy_loss(
-            logprobs, micro.logprobs, micro.advantages, micro.response_mask, hp.clip_range
+            logprobs, old_logprobs, micro.advantages, mask, hp.clip_range, self.aggregation, hp.max_new_tokens
         )
-        value_loss, value_stats = core.clipped_value_loss(
-            values, micro.values, micro.returns, micro.response_mask, hp.clip_range_value
-        )
-        loss = share * (policy_loss + hp.vf_coef * value_loss)
-        stats = {"policy_loss": policy_loss, "value_loss": value_loss, **policy_stats, **value_stats}
+        loss, stats = policy_loss, {"policy_loss": policy_loss, **policy_stats}
+        if not self.critic_free:
+            values = outputs[2] if self.value_head is not None else token_values(self.value_model, q, a, n)
+            value_loss, value_stats = core.clipped_value_loss(
+                values, micro.values, micro.returns, mask, hp.clip_range_value
+            )
+            loss = loss + hp.vf_coef * value_loss
+            stats.update(value_loss=value_loss, **value_stats)
+        if hp.kl_in_loss:  # GRPO's placement: k3 per token, aggregated as the policy loss (biased gradient)
+            kl_tokens = core.kl_penalty(logprobs, micro.ref_logprobs, mask, "k3")
+            kl_loss = core.aggregate_loss(kl_tokens, mask, self.aggregation, hp.max_new_tokens)
+            loss = loss + self.kl_controller.value * kl_loss
+            stats["kl_loss"] = kl_loss
+        loss = share * loss
         stats = {k: float(v.detach() * share) for k, v in stats.items()}
+        if reuse:  # sums, not shares: made global means over the rollout in ppo_update
+            with torch.no_grad():
+                kl_stat = core.kl_penalty(logprobs, micro.ref_logprobs, mask, hp.kl_estimator)
+                stats["kl_sum"] = float(kl_stat.sum())
+                stats["entropy_sum"] = float(outputs[1][mask].sum())
         if ptx_batch is not None:
             # PPO-ptx (InstructGPT eq. 2): gamma x the pretraining LM loss, in the same gradients.
             logits = self.model(input_ids=ptx_batch["input_ids"], attention_mask=ptx_batch["attention_mask"].long(),
@@ -626,18 +792,26 @@ class PPOModule(StageModule):
             stats["ptx_loss"] = float(ptx_loss.detach())
         return loss, stats
 
-    def minibatch_tokens(self, minibatch: list[Rollout]) -> Tensor:
-        """The minibatch's response tokens per process, averaged over processes.
+    def minibatch_normaliser(self, minibatch: list[Rollout]) -> Tensor:
+        """The minibatch's response tokens per process (``token_mean``) or its episodes (the other aggregations),
+        averaged over processes.
 
         DDP and FSDP2 average gradients over processes, so dividing each process's token sum by this mean gives the
         mean over all the minibatch's tokens on all processes: 2 processes of 4 episodes train as 1 process of 8.
         """
+        if self.aggregation != "token_mean":
+            return torch.tensor(float(sum(len(m) for m in minibatch)), device=self.device)  # the same on every rank
         n_tokens = sum(m.response_mask.sum() for m in minibatch).float()
         return self.all_reduce_sum(n_tokens) / self.trainer.world_size
 
+    def global_ratio(self, total: float, count: float) -> float:
+        """``sum over ranks of total / sum over ranks of count``."""
+        both = self.all_reduce_sum(torch.tensor([total, count], dtype=torch.float64, device=self.device))
+        return float(both[0] / both[1])
+
     def ptx_tokens(self, ptx_batches: list) -> Tensor | None:
         """The pretraining tokens of one minibatch per process, averaged over processes (see
-        :meth:`minibatch_tokens`); None without PPO-ptx."""
+        :meth:`minibatch_normaliser`); None without PPO-ptx."""
         if ptx_batches[0] is None:
             return None
         n_tokens = sum((b["labels"][:, 1:] != IGNORE_INDEX).sum() for b in ptx_batches).float()
