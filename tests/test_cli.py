@@ -86,7 +86,7 @@ STAGE_FLAGS = {  # (--model.help or --data.help, class): every flag its --help m
         "clip_range_value vf_coef ptx_coef ptx_examples_per_episode learning_rate value_learning_rate weight_decay "
         "betas warmup lr_schedule min_lr_ratio max_grad_norm ema_decay dtype frozen_dtype shard_frozen "
         "gradient_checkpointing lora lora.help trust_remote_code rollout_seed log_samples_every_n_iterations "
-        "num_logged_samples"
+        "num_logged_samples advantage_estimator samples_per_prompt kl_in_loss loss_aggregation"
     ),
     ("data", "SFTDataModule"): f"{RECORDS} truncation packing group_by_length plain_text",
     ("data", "PreferenceDataModule"): f"{RECORDS} truncation ties group_by_length",
