@@ -157,7 +157,9 @@ class StageModule(L.LightningModule):
             micro, world, accumulate, micro * world * accumulate,
         )  # fmt: skip
 
-    def on_fit_end(self) -> None:
+    def on_train_end(self) -> None:
+        # The export is written as soon as training ends, before any callback's on_fit_end (Lightning calls those
+        # after on_train_end): a report that fails there, such as a held-out check, costs the report, not the model.
         if self.trainer.interrupted:
             log.warning("training was interrupted: no Hugging Face export written")
             return

@@ -287,3 +287,23 @@ def test_a_failure_after_training_started_keeps_the_run(tmp_path, tokenizer_dir)
     with pytest.raises(RuntimeError, match="failed after the first step"):
         main(["fit", "-c", str(cfg), "--trainer.callbacks+", callback])
     assert len(list((tmp_path / "run" / "wandb").glob("offline-run-*"))) == 1
+
+
+class FailAtFitEnd(Callback):
+    """A report at the end of fit that fails, as the held-out check did under FSDP2."""
+
+    def on_fit_end(self, trainer, pl_module):
+        raise RuntimeError("the end-of-fit report failed")
+
+
+def test_a_callback_failing_at_the_end_of_fit_still_leaves_a_complete_export(tmp_path, tokenizer_dir):
+    from transformers import AutoModelForCausalLM
+
+    from lit_rlhf.models import read_export_metadata
+
+    cfg = _config(tmp_path, tokenizer_dir)
+    with pytest.raises(RuntimeError, match="the end-of-fit report failed"):  # reported, not swallowed
+        main(["fit", "-c", str(cfg), "--trainer.callbacks+", f"{FailAtFitEnd.__module__}.FailAtFitEnd"])
+    export = tmp_path / "run" / "hf"
+    assert read_export_metadata(export)["global_step"] == 2  # written at the end of training, before the callback
+    assert AutoModelForCausalLM.from_pretrained(export).config.n_layer == TINY_GPT2["n_layer"]
