@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import lightning as L
+from torch import nn
 
 from lit_rlhf.data.collate import encode_prompt
 from lit_rlhf.data.records import load_records, parse_sft_record
+from lit_rlhf.distributed import gathered, is_sharded
 from lit_rlhf.generation import generate_greedy
 
 
@@ -39,8 +41,20 @@ class ExactMatchCallback(L.Callback):
         self.accuracy: float | None = None
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.interrupted or not trainer.is_global_zero:
+        # After the stage's export (written at on_train_end): a failure here costs the report, never the model.
+        if trainer.interrupted:
             return
+        if not is_sharded(pl_module.model):
+            if trainer.is_global_zero:
+                self.report(trainer, pl_module, pl_module.model)
+            return
+        # FSDP2: every rank gathers the weights once (a collective); then rank 0 decodes alone, with no communication.
+        with gathered(pl_module.model) as model:
+            if trainer.is_global_zero:
+                self.report(trainer, pl_module, model)
+
+    def report(self, trainer: L.Trainer, pl_module: L.LightningModule, model: nn.Module) -> None:
+        """Answer the held-out prompts with ``model`` (whole, not sharded) and print and log the exact-match share."""
         records, _ = load_records(self.files, lambda raw, src: (raw.get("kind"), parse_sft_record(raw, src)))
         records = [(kind, ex) for kind, ex in records if self.kinds is None or kind in self.kinds][: self.max_examples]
         examples = [ex for _, ex in records]
@@ -48,7 +62,7 @@ class ExactMatchCallback(L.Callback):
         template = getattr(trainer.datamodule, "template", "auto")
         prompts = [encode_prompt(tokenizer, ex.prompt, template) for ex in examples]
         responses = generate_greedy(
-            pl_module.model,
+            model,
             prompts,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,

@@ -110,6 +110,39 @@ def world_defaults_config(world: WorldSection, config: Namespace) -> dict[str, A
     return defaults
 
 
+def _leaves(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys of the values in a nested dict (a list or a scalar is a value), ``class_path`` left out."""
+    keys = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            keys += _leaves(value, f"{prefix}{key}.")
+        elif key != "class_path":
+            keys.append(prefix + key)
+    return keys
+
+
+def world_fill_config(defaults: dict[str, Any], config: Namespace) -> dict[str, Any] | None:
+    """The part of ``defaults`` (:func:`world_defaults_config`) whose values ``config`` leaves at None, as a config
+    to parse last; None when there is none.
+
+    The world's defaults are parsed first, so a config or flag that names a value overrides them; but a config that
+    writes ``train_files: null`` (what ``--print_config`` prints for an option nobody set) would override them with
+    null too. A None means "not given" wherever it comes from: the world's value fills it.
+    """
+    unset = [key for key in _leaves(defaults) if config.get(key) is None]
+    if not unset:
+        return None
+    fill: dict[str, Any] = {}
+    for key in unset:
+        *parents, name = key.split(".")
+        source, target = defaults, fill
+        for parent in parents:
+            source = source[parent]
+            target = target.setdefault(parent, {"class_path": source["class_path"]} if "class_path" in source else {})
+        target[name] = copy.deepcopy(source[name])
+    return fill
+
+
 def prepare_world(world: WorldSection) -> None:
     """Build the world (and its rankings) unless already built.
 
@@ -160,8 +193,13 @@ class LitRLHFCLI(StageCLI):
         args = list(sys.argv[1:] if args is None else args)
         subcommand = self.config.get("subcommand")
         at = args.index(subcommand) + 1 if subcommand else 0
-        args[at:at] = ["--config", json.dumps(world_defaults_config(self.world, self.subcommand_config()))]
+        defaults = world_defaults_config(self.world, self.subcommand_config())
+        args[at:at] = ["--config", json.dumps(defaults)]
         self.config = parser.parse_args(args)
+        # What is still None (absent, or an explicit null as --print_config writes it) takes the world's value.
+        fill = world_fill_config(defaults, self.subcommand_config())
+        if fill is not None:
+            self.config = parser.parse_args([*args, "--config", json.dumps(fill)])
 
     def before_instantiate_classes(self) -> None:
         super().before_instantiate_classes()

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from lit_rlhf.data.collate import pad_left
+from lit_rlhf.distributed import is_sharded
 from lit_rlhf.losses import at_least_float32
 
 
@@ -83,6 +84,23 @@ class SeededSampler(LogitsProcessor):
         return logits + gumbel
 
 
+def check_not_sharded(model: nn.Module) -> None:
+    """Refuse to generate with FSDP2-sharded weights.
+
+    Each decode step of a sharded model all-gathers every block's weights, a collective: ranks whose prompts stop at
+    different lengths then decode different numbers of steps and their all-gathers stop matching (gloo fails with
+    "Received data size doesn't match", nccl hangs). Every rank must first enter
+    :func:`lit_rlhf.distributed.gathered` (the weights gathered once, as PPO's rollout does); inside it the model is
+    whole and generation needs no communication, so ranks may generate different prompts, or only one rank may
+    (transformers would still keep FSDP ranks in step, an all-reduce a decode step, unless told ``synced_gpus=False``).
+    """
+    if is_sharded(model):
+        raise RuntimeError(
+            "generate() on an FSDP2-sharded model: every rank must enter lit_rlhf.distributed.gathered(model) first "
+            "(each decode step would all-gather, and ranks that stop at different steps fall out of step)"
+        )
+
+
 @contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[None]:
     """``model`` in eval mode (dropout off) inside the block; its previous mode restored after."""
@@ -111,7 +129,8 @@ def sample_responses(
     """Sample one response per prompt with the KV cache, stopping each at its EOS; the pad token is never sampled.
 
     Args:
-        policy: A causal LM (``generate`` is called on it directly, never on a DDP wrapper).
+        policy: A causal LM (``generate`` is called on it directly, never on a DDP wrapper); under FSDP2, inside
+            :func:`lit_rlhf.distributed.gathered` (see :func:`check_not_sharded`).
         input_ids: (batch, prompt_len) prompts, left-padded.
         attention_mask: (batch, prompt_len) bool, True on prompt tokens.
         seeds: (batch,) sampling seed of each prompt, see :func:`sample_seed`.
@@ -122,6 +141,7 @@ def sample_responses(
         (batch, response_len) the sampled tokens, ``response_len <= max_new_tokens``; rows that ended early are
         padded with ``pad_token_id`` after their EOS.
     """
+    check_not_sharded(policy)
     sampler = SeededSampler(seeds, temperature, top_k, top_p, [pad_token_id], input_ids.device)
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
@@ -135,6 +155,7 @@ def sample_responses(
             attention_mask=attention_mask.long(),
             generation_config=config,
             logits_processor=LogitsProcessorList([sampler]),
+            synced_gpus=False,  # the weights are whole (check_not_sharded): no rank waits for another
         )
     return generated[:, input_ids.shape[1] :]
 
@@ -182,7 +203,8 @@ def generate_greedy(
     """The greedy response to each prompt.
 
     Args:
-        model: A causal LM (``generate`` is called on it directly, never on a DDP wrapper).
+        model: A causal LM (``generate`` is called on it directly, never on a DDP wrapper); under FSDP2, inside
+            :func:`lit_rlhf.distributed.gathered` (see :func:`check_not_sharded`).
         prompts: Token ids of each prompt.
         max_new_tokens: Longest response.
         batch_size: Prompts per ``generate`` call.
@@ -199,9 +221,11 @@ def generate_greedy(
             pad_token_id=pad_token_id,
             eos_token_id=eos_token_id,
             do_sample=False,
+            synced_gpus=False,  # the weights are whole (check_not_sharded): no rank waits for another
         )
         return generated[:, input_ids.shape[1] :]
 
+    check_not_sharded(model)
     with _eval_mode(model):
         return _in_batches(model, prompts, batch_size, pad_token_id, eos_token_id, greedy)
 

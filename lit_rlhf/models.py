@@ -164,13 +164,27 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> bool:
     return added > 0
 
 
+def scratch_tokenizer_problem(model_name_or_path: str | None, tokenizer_name_or_path: str | None) -> str | None:
+    """What is wrong when a model built from scratch (``scratch:gpt2``) is given no tokenizer; None otherwise."""
+    if model_name_or_path is None or not is_scratch(model_name_or_path) or tokenizer_name_or_path is not None:
+        return None
+    return (
+        f"--model.model_name_or_path={model_name_or_path} builds a model from scratch, which has no tokenizer: give "
+        "--model.tokenizer_name_or_path=DIR, a tokenizer directory (the instruction world's runs/world/tokenizer, or "
+        "one trained on your own text, as `lit-rlhf pipeline` does when given no --model_name_or_path)"
+    )
+
+
 def load_tokenizer(
     name_or_path: str, trust_remote_code: bool = False, padding_side: str = "right", flag: str | None = None
 ) -> PreTrainedTokenizerBase:
     """Load a tokenizer by local path or hub id and make sure it pads with a token that is not EOS.
 
-    A local-looking path that does not exist is refused at once, naming ``flag`` (see :func:`check_local_path`).
+    A local-looking path that does not exist is refused at once, naming ``flag`` (see :func:`check_local_path`), and
+    so is a scratch model's name (it has no tokenizer; see :func:`scratch_tokenizer_problem`).
     """
+    if is_scratch(name_or_path):
+        raise ValueError(scratch_tokenizer_problem(name_or_path, None))
     check_local_path(name_or_path, flag)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     ensure_pad_token(tokenizer)

@@ -364,7 +364,7 @@ class RewardModule(FineTuningModule):
 
     # -- end of fit: normalise, then export ----------------------------------------------------------------------
 
-    def on_fit_end(self) -> None:
+    def on_train_end(self) -> None:
         if self.hparams.normalize and not self.trainer.interrupted:
             # Every rank normalises on the same references, so the weights stay identical across ranks.
             examples, reference = self.reference_examples()
@@ -379,7 +379,7 @@ class RewardModule(FineTuningModule):
                 batch_size=getattr(dm, "batch_size", 16),
                 reference=reference,
             )
-        super().on_fit_end()
+        super().on_train_end()
 
     def reference_examples(self) -> tuple[list[tuple[list[Message], str]], str]:
         """The reference completions to normalise on, and a description of where they came from: those of

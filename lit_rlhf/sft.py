@@ -11,7 +11,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
 from lit_rlhf.data.collate import IGNORE_INDEX
-from lit_rlhf.distributed import is_fsdp2
+from lit_rlhf.distributed import gathered, is_fsdp2
 from lit_rlhf.generation import context_length, generate_greedy
 from lit_rlhf.loggers import log_table
 from lit_rlhf.losses import at_least_float32, completion_loss, plain_lm_head
@@ -105,21 +105,26 @@ class SFTModule(FineTuningModule):
             self.log_samples(batch)
 
     def log_samples(self, batch: dict[str, torch.Tensor]) -> None:
-        """Answer the first validation prompts greedily; a W&B table (or the log, for other loggers)."""
+        """Answer the first validation prompts greedily; a W&B table (or the log, for other loggers).
+
+        Every rank calls it on its own batch: under FSDP2 each first gathers the weights (a collective), then decodes
+        its prompts for as many steps as they need, with no communication.
+        """
         n = min(self.hparams.num_sample_prompts, len(batch["input_ids"]))
         prompts = [batch["input_ids"][i, : batch["prompt_lengths"][i]].tolist() for i in range(n)]
         context = context_length(self.model) or 2**31
         # an early, untrained model may not stop: never run past the positions the model has
         max_new_tokens = min(self.hparams.sample_max_new_tokens, context - max(map(len, prompts)))
-        if max_new_tokens < 1:
-            return
-        responses = generate_greedy(
-            self.model,
-            prompts,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
-            max_new_tokens=max_new_tokens,
-        )
+        with gathered(self.model) as model:  # entered by every rank, whatever it decides below
+            if max_new_tokens < 1:
+                return
+            responses = generate_greedy(
+                model,
+                prompts,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+                max_new_tokens=max_new_tokens,
+            )
         rows = [
             [self.global_step, self.tokenizer.decode(p), self.tokenizer.decode(r, skip_special_tokens=True)]
             for p, r in zip(prompts, responses, strict=True)

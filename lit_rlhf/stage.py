@@ -31,6 +31,7 @@ from lit_rlhf.models import (
     load_tokenizer,
     lora_to_dict,
     missing_local_path,
+    scratch_tokenizer_problem,
 )
 from lit_rlhf.optim import adamw_with_schedule
 
@@ -118,7 +119,8 @@ class StageModule(L.LightningModule):
         )
 
     def check_model_paths(self) -> None:
-        """Refuse, before any model is loaded, a local-looking model or tokenizer path that does not exist."""
+        """Refuse, before any model is loaded, a local-looking model or tokenizer path that does not exist, and a
+        model built from scratch with no tokenizer named."""
         problems = [
             missing_local_path(self.hparams.get(key), f"--model.{key}")
             for key in ("model_name_or_path", "tokenizer_name_or_path", "reward_model_path", "value_model_path")
@@ -126,6 +128,11 @@ class StageModule(L.LightningModule):
         problems = [p for p in problems if p is not None]
         if problems:
             raise FileNotFoundError("\n".join(problems))
+        problem = scratch_tokenizer_problem(
+            self.hparams.get("model_name_or_path"), self.hparams.get("tokenizer_name_or_path")
+        )
+        if problem is not None:
+            raise ValueError(problem)
 
     def on_train_start(self) -> None:
         # From here on a failed run keeps its logs; one that fails before leaves no logger directory.
@@ -150,7 +157,9 @@ class StageModule(L.LightningModule):
             micro, world, accumulate, micro * world * accumulate,
         )  # fmt: skip
 
-    def on_fit_end(self) -> None:
+    def on_train_end(self) -> None:
+        # The export is written as soon as training ends, before any callback's on_fit_end (Lightning calls those
+        # after on_train_end): a report that fails there, such as a held-out check, costs the report, not the model.
         if self.trainer.interrupted:
             log.warning("training was interrupted: no Hugging Face export written")
             return

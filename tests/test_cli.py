@@ -198,7 +198,10 @@ def _world_config(tmp_path: Path) -> Path:
         },
         "trainer": {
             "callbacks": [
-                {"class_path": "lit_rlhf.callbacks.ExactMatchCallback", "init_args": {"files": str(world / "eval")}}
+                {
+                    "class_path": "lit_rlhf.callbacks.ExactMatchCallback",
+                    "init_args": {"files": str(world / "eval" / "heldout.jsonl"), "max_examples": 4},
+                }
             ]
         },
     }
@@ -230,7 +233,7 @@ def test_world_section_builds_the_world_and_names_its_files_under_the_config_and
     assert dm.val_files == str(own_val)  # the command line wins over the world's default
     assert dm.batch_size == 4  # so does the config file
     assert dm.tokenizer_name_or_path == str(world / "tokenizer")  # the model's, linked into the data module
-    assert _callback_files(cli) == [str(world / "eval")]
+    assert _callback_files(cli) == [str(world / "eval" / "heldout.jsonl")]
     assert not (world / "rm").exists()  # rankings only when asked for
     cli = build_cli(["-c", str(cfg), "--world.rankings", "true"], run=False)
     assert (world / "rm" / "train.jsonl").is_file() and (world / "rm" / "val.jsonl").is_file()
@@ -294,3 +297,32 @@ def test_unknown_world_parameter_names_the_flag(tmp_path, capsys):
     text = str(err.value) + capsys.readouterr().err
     assert "--world.build" in text and "n_trian" in text and "n_train" in text
     assert not (tmp_path / "world").exists()
+
+
+def test_printed_config_of_a_world_config_trains_through_c(tmp_path):
+    # --print_config writes `train_files: null` (and null tokenizer and callbacks) for what the world fills in; the
+    # printed file must read the world again, not stop on "give --data.train_files".
+    from lit_rlhf.callbacks import ExactMatchCallback
+
+    cfg, world = _world_config(tmp_path), tmp_path / "world"
+    printed_text = run_cli(["fit", "-c", str(cfg), "--print_config"])
+    printed = yaml.safe_load(printed_text)
+    assert printed["data"]["init_args"]["train_files"] is None and printed["trainer"]["callbacks"] is None
+    path = tmp_path / "printed.yaml"
+    path.write_text(printed_text)
+    out = run_cli(["fit", "-c", str(path), "--trainer.max_steps=1", "--model.export_dir", str(tmp_path / "out")])
+    assert read_export_metadata(tmp_path / "out")["global_step"] == 1
+    assert "held-out exact match" in out  # the world's callback is back too
+
+    # Only what is None takes the world's value: a file the user names stays theirs.
+    from jsonargparse import dict_to_namespace
+
+    from lit_rlhf.cli import world_fill_config
+
+    printed["data"]["init_args"]["val_files"] = "mine.jsonl"
+    fill = world_fill_config(printed["world"]["defaults"], dict_to_namespace(printed))
+    assert fill["data"]["init_args"] == {"train_files": str(world / "sft" / "train.jsonl")}  # not val_files, batch_size
+    assert fill["model"] == {"init_args": {"tokenizer_name_or_path": str(world / "tokenizer")}}
+    assert [c["class_path"] for c in fill["trainer"]["callbacks"]] == [
+        ExactMatchCallback.__module__ + ".ExactMatchCallback"
+    ]

@@ -19,7 +19,7 @@ from lit_rlhf.cli import main
 from lit_rlhf.data.modules import PreferenceDataModule, SFTDataModule
 from lit_rlhf.data.records import DataError
 from lit_rlhf.models import load_model, load_tokenizer, missing_local_path
-from tests.conftest import TINY_GPT2, reverse_records, write_jsonl
+from tests.conftest import REPO, TINY_GPT2, reverse_records, write_jsonl
 
 
 def _config(tmp_path: Path, tokenizer_dir: Path, records: list | None = None, **data) -> Path:
@@ -185,6 +185,19 @@ def test_a_missing_model_path_stops_the_run_at_once_naming_the_flag(tmp_path, to
     assert not (tmp_path / "run").exists()
 
 
+def test_a_scratch_model_on_own_data_without_a_tokenizer_is_one_line_naming_the_flag(tmp_path, capsys):
+    # The shipped config on the user's files: the world (and its tokenizer) plays no part, and scratch:gpt2 has no
+    # tokenizer of its own; it used to end in a 40-line traceback from AutoTokenizer.from_pretrained("scratch:gpt2").
+    train = write_jsonl(tmp_path / "real.jsonl", reverse_records(16))
+    val = write_jsonl(tmp_path / "real_val.jsonl", reverse_records(4, seed=1))
+    args = ["fit", "-c", str(REPO / "configs" / "sft" / "tiny.yaml"), f"--data.train_files={train}",
+            f"--data.val_files={val}", f"--trainer.default_root_dir={tmp_path / 'run'}"]  # fmt: skip
+    err = _fails(args, capsys)
+    assert err.count("\n") == 1 and err.endswith("\n"), err  # one line
+    assert "--model.tokenizer_name_or_path=DIR" in err and "scratch:gpt2" in err
+    assert not (tmp_path / "run").exists()
+
+
 # --------------------------------------------------------------------------- item 4: module and DataModule pairing
 
 
@@ -274,3 +287,23 @@ def test_a_failure_after_training_started_keeps_the_run(tmp_path, tokenizer_dir)
     with pytest.raises(RuntimeError, match="failed after the first step"):
         main(["fit", "-c", str(cfg), "--trainer.callbacks+", callback])
     assert len(list((tmp_path / "run" / "wandb").glob("offline-run-*"))) == 1
+
+
+class FailAtFitEnd(Callback):
+    """A report at the end of fit that fails, as the held-out check did under FSDP2."""
+
+    def on_fit_end(self, trainer, pl_module):
+        raise RuntimeError("the end-of-fit report failed")
+
+
+def test_a_callback_failing_at_the_end_of_fit_still_leaves_a_complete_export(tmp_path, tokenizer_dir):
+    from transformers import AutoModelForCausalLM
+
+    from lit_rlhf.models import read_export_metadata
+
+    cfg = _config(tmp_path, tokenizer_dir)
+    with pytest.raises(RuntimeError, match="the end-of-fit report failed"):  # reported, not swallowed
+        main(["fit", "-c", str(cfg), "--trainer.callbacks+", f"{FailAtFitEnd.__module__}.FailAtFitEnd"])
+    export = tmp_path / "run" / "hf"
+    assert read_export_metadata(export)["global_step"] == 2  # written at the end of training, before the callback
+    assert AutoModelForCausalLM.from_pretrained(export).config.n_layer == TINY_GPT2["n_layer"]
