@@ -255,11 +255,12 @@ def test_own_data_take_nothing_from_the_world(tmp_path, tokenizer_dir):
     assert _callback_files(cli) == []
 
 
-def test_no_world_and_no_files_names_the_flag(tmp_path):
+def test_no_world_and_no_files_names_the_flag(tmp_path, tokenizer_dir):
     cfg = _world_config(tmp_path)
+    # a tokenizer given: without one, the scratch model's missing tokenizer is named first (test_errors)
     with pytest.raises((ValueError, SystemExit)) as err:
         with contextlib.redirect_stderr(io.StringIO()) as stderr:
-            main(["fit", "-c", str(cfg), "--world", "null"])
+            main(["fit", "-c", str(cfg), "--world", "null", f"--model.tokenizer_name_or_path={tokenizer_dir}"])
     text = str(err.value) + (stderr.getvalue() if err.type is SystemExit else "")
     assert "--data.train_files" in text
     assert not (tmp_path / "world").exists()
