@@ -160,10 +160,16 @@ class StageModule(L.LightningModule):
     def on_train_end(self) -> None:
         # The export is written as soon as training ends, before any callback's on_fit_end (Lightning calls those
         # after on_train_end): a report that fails there, such as a held-out check, costs the report, not the model.
+        self._train_ended = True
         if self.trainer.interrupted:
             log.warning("training was interrupted: no Hugging Face export written")
             return
         self.export()
+
+    def on_fit_end(self) -> None:
+        # A fit with nothing to train (max_steps=0, a resumed run already at its end) never calls on_train_end.
+        if not getattr(self, "_train_ended", False):
+            self.on_train_end()
 
     def export(self, path: Path | None = None) -> Path | None:
         """Write the trained model as a Hugging Face directory (rank 0; atomic) at ``path``, default

@@ -210,13 +210,14 @@ def load_file_start(tmp_path, tokenizer_dir) -> dict[str, torch.Tensor]:
     return load_file(tmp_path / "zero" / "hf" / "model.safetensors")
 
 
-def test_bad_options_name_their_flags():
+def test_bad_options_name_their_flags(tokenizer_dir):
+    scratch = {"model_name_or_path": "scratch:gpt2", "tokenizer_name_or_path": str(tokenizer_dir)}
     with pytest.raises(ValueError) as err:
-        DPOModule(model_name_or_path="scratch:gpt2", beta=0, loss_type="ipo", label_smoothing=0.1)
+        DPOModule(**scratch, beta=0, loss_type="ipo", label_smoothing=0.1)
     text = str(err.value)
     assert "--model.beta must be > 0" in text and "--model.label_smoothing applies to" in text
     with pytest.raises(FileNotFoundError, match="--model.reference_model_path"):
-        DPOModule(model_name_or_path="scratch:gpt2", reference_model_path="./no/such/dir")
+        DPOModule(**scratch, reference_model_path="./no/such/dir")
 
 
 def test_cli_fits_dpo_on_preference_files_and_refuses_sft_records(tmp_path, tokenizer_dir):
