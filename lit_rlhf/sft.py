@@ -105,7 +105,8 @@ class SFTModule(FineTuningModule):
             self.log_samples(batch)
 
     def log_samples(self, batch: dict[str, torch.Tensor]) -> None:
-        """Answer the first validation prompts greedily; a W&B table (or the log, for other loggers).
+        """Answer the first validation prompts greedily; a W&B table (without W&B, rows appended to
+        ``<root>/samples/val_samples.jsonl``: :func:`lit_rlhf.loggers.log_table`).
 
         Every rank calls it on its own batch: under FSDP2 each first gathers the weights (a collective), then decodes
         its prompts for as many steps as they need, with no communication.

@@ -56,7 +56,8 @@ Logged every iteration (names are stable; scripts may rely on them):
 ``ppo/time_training``       seconds in the PPO epochs
 ==========================  ===================================================================================
 
-A name marked [gae], [kl_in_loss] or [k>1] is logged only then. A table ``ppo/samples`` (iteration, prompt, response, score) goes to W&B (or the log) every
+A name marked [gae], [kl_in_loss] or [k>1] is logged only then. A table ``ppo/samples`` (iteration, prompt,
+response, score) goes to W&B (without W&B, to ``<root>/samples/ppo_samples.jsonl``) every
 ``log_samples_every_n_iterations`` iterations.
 """
 
