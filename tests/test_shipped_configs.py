@@ -111,7 +111,7 @@ def test_shipped_configs_train_and_export_on_two_processes(tmp_path, monkeypatch
 
     from lit_rlhf.models import read_export_metadata
 
-    for config, _, flags, export in printed:
+    for config, _, _, export in printed:
         meta = read_export_metadata(work / export)
         assert meta is not None, f"{config}: no finished export in {export}"
         assert (work / export / "model.safetensors").is_file() and (work / export / "config.json").is_file()
