@@ -1,12 +1,14 @@
 """``lit-rlhf pipeline``: the whole InstructGPT recipe, one stage after another, on the instruction world or on your
 model and files.
 
-    world:  world -> pretrain -> sft -> comparisons -> rm -> [dpo] -> ppo, ppo_ptx -> base_prompted -> evaluate
+    world:  world -> pretrain -> sft -> comparisons -> rm -> [dpo] -> ppo, ppo_ptx, [rloo], [grpo] -> base_prompted
+            -> evaluate -> [overoptimization]
+    data:   data -> [pretrain] -> sft -> rm, gold_rm -> [dpo] -> ppo[, ppo_ptx], [rloo], [grpo] -> evaluate
             -> [overoptimization]
-    data:   data -> [pretrain] -> sft -> rm, gold_rm -> [dpo] -> ppo[, ppo_ptx] -> evaluate -> [overoptimization]
 
 DPO (``dpo:``, optional) trains the SFT policy directly on the comparisons the RM learns from; the evaluation then
-judges it beside PPO (and a best-of-n policy, when the evaluate config names one) on the same prompts. The
+judges it beside PPO (and a best-of-n policy, when the evaluate config names one) on the same prompts. RLOO and GRPO
+(``rloo:``, ``grpo:``, optional) are PPO's stage with a critic-free estimator, wired as PPO is. The
 over-optimisation curve (``overoptimization:``, optional; :mod:`lit_rlhf.evaluation.overoptimization`) measures gold
 and proxy scores against sqrt(KL) for best-of-n of SFT and for PPO's exports along training
 (``--model.export_every_n_iterations`` in the PPO stage); gold is the world's hidden quality, or the judge on your
@@ -45,8 +47,8 @@ from lit_rlhf.models import MARKER_FILE, atomic_directory, read_export_metadata
 from lit_rlhf.pipeline_data import DataFiles, PipelineData, eval_prompt_files, prepare_data, split_lines
 
 STAGES = (
-    "world", "pretrain", "sft", "comparisons", "rm", "dpo", "ppo", "ppo_ptx", "base_prompted", "evaluate",
-    "overoptimization",
+    "world", "pretrain", "sft", "comparisons", "rm", "dpo", "ppo", "ppo_ptx", "rloo", "grpo", "base_prompted",
+    "evaluate", "overoptimization",
 )  # fmt: skip
 """Every stage of the world pipeline, in the order they run."""
 
@@ -59,8 +61,10 @@ INPUTS: dict[str, tuple[str, ...]] = {
     "dpo": ("world", "sft", "comparisons"),  # only with a dpo: stage
     "ppo": ("world", "sft", "rm"),
     "ppo_ptx": ("world", "sft", "rm"),
+    "rloo": ("world", "sft", "rm"),  # only with a rloo: stage
+    "grpo": ("world", "sft", "rm"),  # only with a grpo: stage
     "base_prompted": ("world", "pretrain"),
-    "evaluate": ("world", "pretrain", "base_prompted", "sft", "rm", "dpo", "ppo", "ppo_ptx"),
+    "evaluate": ("world", "pretrain", "base_prompted", "sft", "rm", "dpo", "ppo", "ppo_ptx", "rloo", "grpo"),
     "overoptimization": ("world", "sft", "rm", "ppo"),  # only with an overoptimization: stage
 }
 """The stages whose outputs each world stage reads: when one of them runs again, so does the stage."""
@@ -74,7 +78,9 @@ OWN_DATA_INPUTS: dict[str, tuple[str, ...]] = {
     "dpo": ("data", "sft"),  # only with a dpo: stage; on the RM's half of the preferences
     "ppo": ("data", "sft", "rm"),
     "ppo_ptx": ("data", "sft", "rm"),  # only with --data.pretraining_files
-    "evaluate": ("data", "sft", "rm", "gold_rm", "dpo", "ppo", "ppo_ptx"),
+    "rloo": ("data", "sft", "rm"),  # only with a rloo: stage
+    "grpo": ("data", "sft", "rm"),  # only with a grpo: stage
+    "evaluate": ("data", "sft", "rm", "gold_rm", "dpo", "ppo", "ppo_ptx", "rloo", "grpo"),
     "overoptimization": ("data", "sft", "rm", "gold_rm", "ppo"),  # only with an overoptimization: stage
 }
 """The stages of the own-data pipeline, in order, and the stages each reads."""
@@ -84,8 +90,12 @@ STAGE_CONFIG_WORLD = "runs/world"
 
 PANEL_JUDGE = "lit_rlhf.world.labelers:panel_judge"
 TRUE_QUALITY = "lit_rlhf.world.labelers:true_reward"
-OPTIONAL_STAGES = ("dpo", "overoptimization")
+CRITIC_FREE_STAGES = ("rloo", "grpo")
+"""RL stages with a critic-free estimator (PPOModule's ``advantage_estimator``): the PPO stage's wiring, no value model."""
+OPTIONAL_STAGES = ("dpo", *CRITIC_FREE_STAGES, "overoptimization")
 """Stages that run only when the pipeline config names them."""
+POLICY_STAGES = ("sft", "dpo", "ppo", "ppo_ptx", *CRITIC_FREE_STAGES)
+"""The trained policies the evaluation judges, each named for its stage (and so for its method)."""
 WORLD_METRICS = "lit_rlhf.world.labelers:RESPONSE_METRICS"
 
 
@@ -552,6 +562,12 @@ class WorldPipeline(Pipeline):
     def run_ppo_ptx(self, console: Any) -> None:
         self._ppo("ppo_ptx")
 
+    def run_rloo(self, console: Any) -> None:
+        self._ppo("rloo")
+
+    def run_grpo(self, console: Any) -> None:
+        self._ppo("grpo")
+
     def run_base_prompted(self, console: Any) -> None:
         """The pretrained base with a few-shot prefix, as a policy directory: a copy whose chat template puts
         ``few_shot`` world demonstrations before every prompt (``evaluate`` uses a tokenizer's chat template)."""
@@ -573,7 +589,7 @@ class WorldPipeline(Pipeline):
 
     def run_evaluate(self, console: Any) -> None:
         policies = {"base": self.export("pretrain"), "base_prompted": self.dir("base_prompted")}
-        policies |= {s: self.export(s) for s in ("sft", "dpo", "ppo", "ppo_ptx") if s in self.inputs}
+        policies |= {s: self.export(s) for s in POLICY_STAGES if s in self.inputs}
         fewshot = self.fewshot_probes()
         wiring = {
             "prompts_file": str(self.world.heldout),
@@ -751,8 +767,14 @@ class OwnDataPipeline(Pipeline):
     def run_ppo_ptx(self, console: Any) -> None:
         self._ppo("ppo_ptx")
 
+    def run_rloo(self, console: Any) -> None:
+        self._ppo("rloo")
+
+    def run_grpo(self, console: Any) -> None:
+        self._ppo("grpo")
+
     def run_evaluate(self, console: Any) -> None:
-        policies = {s: self.export(s) for s in ("sft", "dpo", "ppo", "ppo_ptx") if s in self.inputs}
+        policies = {s: self.export(s) for s in POLICY_STAGES if s in self.inputs}
         val = self.files.pretraining_val
         wiring = {
             "prompts_file": eval_prompt_files(self.data, self.files),
@@ -843,6 +865,8 @@ def pipeline_command(
     dpo: StageSpec | None = None,
     ppo: StageSpec | None = None,
     ppo_ptx: StageSpec | None = None,
+    rloo: StageSpec | None = None,
+    grpo: StageSpec | None = None,
     evaluate: StageSpec | None = None,
     overoptimization: StageSpec | None = None,
     few_shot: int = 3,
@@ -852,10 +876,10 @@ def pipeline_command(
     """Run the whole InstructGPT recipe, stage by stage, resuming where it stopped: on the instruction world, or on
     your model and files (--data.*).
 
-    World: world -> pretrain -> sft -> comparisons -> rm -> dpo (with --dpo) -> ppo, ppo_ptx -> base_prompted ->
-    evaluate, judged by the world's held-out labeler panel. Your data: data -> pretrain (without
-    --model_name_or_path) -> sft -> rm, gold_rm -> dpo (with --dpo) -> ppo, ppo_ptx (with --data.pretraining_files)
-    -> evaluate, judged by a gold RM trained on the half of
+    World: world -> pretrain -> sft -> comparisons -> rm -> dpo (with --dpo) -> ppo, ppo_ptx, rloo and grpo (with
+    --rloo, --grpo) -> base_prompted -> evaluate, judged by the world's held-out labeler panel. Your data: data ->
+    pretrain (without --model_name_or_path) -> sft -> rm, gold_rm -> dpo (with --dpo) -> ppo, ppo_ptx (with
+    --data.pretraining_files), rloo, grpo -> evaluate, judged by a gold RM trained on the half of
     the preferences the RM never saw (or --judge_model_path). Each stage runs its own YAML with the same modules as
     'lit-rlhf fit'; outputs go to <runs_dir>/<name>/<stage>/ and a stage whose complete output exists is skipped, so
     a rerun continues where the last one stopped. The evaluation (win rates against SFT) lands in
@@ -886,6 +910,9 @@ def pipeline_command(
             data: the RM's half of the preferences) and evaluated beside PPO; null: no DPO.
         ppo: The PPO stage (policy and reference from SFT, reward and value from the RM).
         ppo_ptx: The PPO-ptx stage (PPO plus the pretraining loss on the world's corpus or your pretraining files).
+        rloo: The RLOO stage (configs/rloo/tiny.yaml): PPO's wiring with a critic-free estimator, no value model;
+            evaluated beside PPO. null: no RLOO.
+        grpo: The GRPO stage (configs/grpo/tiny.yaml), as --rloo. null: no GRPO.
         evaluate: The evaluation: {config: configs/evaluate/tiny.yaml, overrides: {...}}; the pipeline sets the
             policies, the prompts, the judge and the output directory.
         overoptimization: The over-optimisation curve (Gao et al. 2022): {config:
@@ -906,7 +933,8 @@ def pipeline_command(
         stages = tuple(OWN_DATA_INPUTS)
         optional = {"pretrain": model_name_or_path is None, "ppo_ptx": bool(data.pretraining_files)}
         needed = tuple(k for k in specs if k != "gold_rm" and optional.get(k, True))
-    specs |= {"dpo": dpo, "overoptimization": overoptimization}  # optional in both pipelines: null, no such stage
+    # Optional in both pipelines: null, no such stage.
+    specs |= {"dpo": dpo, "rloo": rloo, "grpo": grpo, "overoptimization": overoptimization}
     problems = _problems(world, data, specs, needed, stages, until, own)
     if few_shot < 0:
         problems.append(f"--few_shot must be >= 0, got {few_shot}")

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from lit_rlhf.cli import build_cli, main
@@ -32,7 +33,7 @@ from tests.conftest import REPO, run_cli, write_jsonl
 
 RESULT_KEYS = {"n", "win_rate", "win_rate_ci95", "rm_win_rate", "invented_answer_rate", "toxic_rate", "lm_loss",
                "kl_to_sft"}  # fmt: skip
-POLICIES = {"base", "base_prompted", "sft", "dpo", "ppo", "ppo_ptx", "best_of_2"}
+POLICIES = {"base", "base_prompted", "sft", "dpo", "ppo", "ppo_ptx", "rloo", "grpo", "best_of_2"}
 
 
 # --------------------------------------------------------------------------- plain text: LM loss on every token
@@ -194,6 +195,8 @@ def test_smoke_pipeline_completes_and_resumes(tmp_path, monkeypatch):
     assert dpo_cfg["model"]["init_args"]["model_name_or_path"] == str(root / "sft" / "hf")
     assert dpo_cfg["data"]["init_args"]["train_files"] == str(root / "comparisons" / "train.jsonl")
     assert (root / "pretrain" / "metrics.csv").is_file()
+    for stage in ("rloo", "grpo"):  # not run yet (after ppo_ptx): their configs are written when they run
+        assert not (root / "configs" / f"{stage}.yaml").exists()
 
     # 2. Rerun: the earlier stages are skipped, the interrupted one and those after it run.
     main(args)
@@ -219,6 +222,15 @@ def test_smoke_pipeline_completes_and_resumes(tmp_path, monkeypatch):
     assert sorted(p["n"] for p in curve["points"] if p["method"] == "best_of_n") == [1, 2, 4]
     assert curve["settings"]["gold"] == "lit_rlhf.world.labelers:true_reward"
     assert (root / "overoptimization" / "overoptimization.png").is_file()
+    # RLOO and GRPO: PPO's wiring with a critic-free estimator, and no value model anywhere in their runs.
+    for stage in ("rloo", "grpo"):
+        cfg = yaml.safe_load((root / "configs" / f"{stage}.yaml").read_text())["model"]["init_args"]
+        assert cfg["advantage_estimator"] == stage and cfg["reward_model_path"] == str(root / "rm" / "hf")
+        assert cfg["model_name_or_path"] == str(root / "sft" / "hf")
+        assert read_export_metadata(root / stage / "hf")["hparams"]["advantage_estimator"] == stage
+        (ckpt,) = (root / stage).rglob("last.ckpt")
+        weights = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+        assert weights and not [k for k in weights if k.startswith(("value", "critic"))], stage
 
     # 3. A stage whose export lost its marker is redone, and so are the stages that read it (evaluate), but
     #    not its siblings (ppo_ptx).
