@@ -133,7 +133,8 @@ class PPOModule(StageModule):
             dir>/hf_iterations/iter_<iteration, 4 digits or more>`` (by default
             ``<trainer.default_root_dir>/hf_iterations/iter_0010``, ...); e.g. for ``lit-rlhf overoptimization
             --checkpoints``. 0 never.
-        minibatch_size: Episodes per optimizer step on one process; must divide ``--data.batch_size``.
+        minibatch_size: Episodes per optimizer step on one process; must divide the episodes of an iteration,
+            ``--data.batch_size x samples_per_prompt``.
         micro_batch_size: Episodes per forward/backward (gradient accumulation); must divide ``minibatch_size``.
         forward_batch_size: Episodes per no-grad scoring forward; default ``micro_batch_size``.
         advantage_estimator: ``gae``: PPO with a value model. ``rloo``: return minus the mean return of the prompt's
