@@ -1,9 +1,9 @@
 """The labeling page in a real browser (Debian's headless chromium, driven by Selenium), by keyboard only.
 
 A labeler rates, flags and ranks (with a tie) a task's outputs, reloads mid-task and finds the draft, is refused a
-submit with an output unranked, submits, answers a task whose output holds markup (shown as text, never run) and a
-demonstration; the export then holds the ranking in the task's own completion indices. No click anywhere: every step
-has a key (the page's help text lists them).
+submit with an output unranked, submits, answers a task whose output holds markup (shown as text, never run), writes
+a demonstration and skips one; the export then holds the ranking in the task's own completion indices. No click
+anywhere: every step has a key (the page's help text lists them).
 
 Skipped when chromium, chromedriver or selenium is missing, except under CI=true: the browser test must run there
 (.ci/run installs chromium), so a missing piece fails it. ``LIT_RLHF_LABEL_SCREENSHOT=<path>`` saves a screenshot of
@@ -84,7 +84,10 @@ def browser():
 
 
 def _project(tmp_path: Path) -> Path:
-    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Write a haiku about autumn."}])
+    prompts = write_jsonl(
+        tmp_path / "prompts.jsonl",
+        [{"prompt": "Write a haiku about autumn."}, {"prompt": "Write a limerick in the style of Ogden Nash."}],
+    )
     completions = write_jsonl(
         tmp_path / "completions.jsonl",
         [
@@ -93,7 +96,7 @@ def _project(tmp_path: Path) -> Path:
         ],
     )
     path = tmp_path / "project.db"
-    # overlap=1.0 makes both ranking tasks overlap tasks, which are handed out first: ranking, ranking, demonstration
+    # overlap=1.0 makes both ranking tasks overlap tasks, which are handed out first: two rankings, two demonstrations
     create_project(path, str(prompts), str(completions), overlap=1.0)
     return path
 
@@ -223,11 +226,18 @@ def test_a_labeler_does_every_task_by_keyboard_and_the_export_holds_it(tmp_path,
         assert focused("#demo-text")
         press(HAIKU)
         submit()
-        wait.until(lambda d: d.find_element(By.ID, "empty").is_displayed())
-        assert browser.find_element(By.ID, "done").text == "3"
 
-    # 8. The export: the sky ranking in the task's own completion indices, with its scores and flags.
-    assert export_project(path, tmp_path / "out") == {"demonstrations": 1, "rankings": 2, "skipped": 0}
+        # 8. A skip: Tab past the submit button to the reason, type it, Tab to the skip button, Enter.
+        wait.until(lambda d: "limerick" in d.find_element(By.ID, "prompt").text)
+        assert focused("#demo-text")
+        press(Keys.TAB, Keys.TAB, "I do not know this poet", Keys.TAB)
+        assert focused("#skip")
+        press(Keys.ENTER)
+        wait.until(lambda d: d.find_element(By.ID, "empty").is_displayed())
+        assert browser.find_element(By.ID, "done").text == "4"
+
+    # 9. The export: the sky ranking in the task's own completion indices, with its scores and flags.
+    assert export_project(path, tmp_path / "out") == {"demonstrations": 1, "rankings": 2, "skipped": 1}
     sky, alert = [json.loads(line) for line in open(tmp_path / "out" / "rankings.jsonl")]
     assert sky["completions"] == SKY and sky["ranking"] == [0, [1, 2], 3]
     assert sky["likert"] == SKY_LIKERT
@@ -235,3 +245,5 @@ def test_a_labeler_does_every_task_by_keyboard_and_the_export_holds_it(tmp_path,
     assert alert["ranking"] == [1, 0] and alert["likert"] == [1, 6]
     (demo,) = [json.loads(line) for line in open(tmp_path / "out" / "demonstrations.jsonl")]
     assert demo["completion"] == HAIKU and demo["prompt"] == "Write a haiku about autumn."
+    (skipped,) = [json.loads(line) for line in open(tmp_path / "out" / "skipped.jsonl")]
+    assert skipped["reason"] == "I do not know this poet" and skipped["kind"] == "demonstration"
