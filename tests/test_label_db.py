@@ -108,7 +108,7 @@ def test_a_ranking_answer_is_mapped_back_to_stored_indices():
         "ratings": [{"likert": s, "flags": {"hallucination": s == 7}} for s in (7, 6, 5, 4)],
     }
     stored = answers.ranking_answer(body, order)
-    assert stored["ranking"] == [0, [2, 1], 3]
+    assert stored["ranking"] == [0, [1, 2], 3]  # shown [0, 3] is stored [2, 1]; a tie group is sorted
     assert stored["likert"] == [6, 4, 7, 5]  # stored i gets the score of the shown output holding it
     assert stored["flags"][2]["hallucination"] and not stored["flags"][0]["hallucination"]
     assert set(stored["flags"][0]) == set(answers.FLAGS)

@@ -4,6 +4,7 @@ changes nothing."""
 from __future__ import annotations
 
 import logging
+import socket
 
 import pytest
 
@@ -179,3 +180,21 @@ def test_the_page_and_script_are_served_with_a_strict_policy(served):
     script = conn.getresponse().read().decode()
     conn.close()
     assert "textContent" in script and "innerHTML =" not in script and "insertAdjacentHTML" not in script
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line_and_exits_2(tmp_path, capsys):
+    from lit_rlhf.cli import main
+
+    path = make_project(tmp_path, n_rank=1, n_demo=0)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as exit_:
+            main(["label", "serve", str(path), "--port", str(port)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"lit-rlhf label: error: cannot serve on 127.0.0.1:{port}: Address already in use; stop what holds it or "
+        "pick another --port (0 picks a free one)\n"
+    )

@@ -76,7 +76,7 @@ def ranking_answer(body: dict[str, Any], order: Sequence[int]) -> dict[str, Any]
         order: ``order[shown] = stored index``.
 
     Returns:
-        ``{"ranking": nested list of stored indices, best first (a tie group as a list), "likert": [K],
+        ``{"ranking": nested list of stored indices, best first (a tie group as a sorted list), "likert": [K],
         "flags": [K dicts of every flag], "notes": [K]}`` with the per-output lists in stored order.
     """
     k = len(order)
@@ -108,7 +108,8 @@ def ranking_answer(body: dict[str, Any], order: Sequence[int]) -> dict[str, Any]
         likert[stored] = score
         flags[stored] = {name: given.get(name, False) for name in FLAGS}
         notes[stored] = _text(rating.get("notes", ""), f"ratings[{shown}].notes", MAX_NOTES)
-    ranking = [[order[i] for i in g] if len(g) > 1 else order[g[0]] for g in groups]
+    # a tie group in stored order: the same answer exports the same whatever order the labeler was shown
+    ranking = [sorted(order[i] for i in g) if len(g) > 1 else order[g[0]] for g in groups]
     return {"ranking": ranking, "likert": likert, "flags": flags, "notes": notes}
 
 

@@ -21,6 +21,7 @@ never send).
 
 from __future__ import annotations
 
+import errno
 import hmac
 import json
 import logging
@@ -263,7 +264,16 @@ def serve(
             "link can label as them. Plain HTTP: put it behind TLS (a reverse proxy) off a trusted network.",
             file=sys.stderr,
         )
-    server = make_server(db_path, host, port, lease_seconds, allowed_hosts)
+    try:
+        server = make_server(db_path, host, port, lease_seconds, allowed_hosts)
+    except FileNotFoundError:
+        raise
+    except OSError as e:  # a port in use, a privileged port, an unknown host: one line for a person (exit 2)
+        fix = "stop what holds it or pick another --port (0 picks a free one)"
+        raise ValueError(
+            f"cannot serve on {host}:{port}: {e.strerror or e}; "
+            + (fix if e.errno == errno.EADDRINUSE else "check --host and --port")
+        ) from None
     print(f"serving {db_path} at {server.url} (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()

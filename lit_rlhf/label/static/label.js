@@ -106,9 +106,12 @@ function renderOutputs() {
     notes.addEventListener("input", () => { draft.notes[i] = notes.value; saveDraft(); });
     card.append(notes);
     card.addEventListener("keydown", (e) => {
+      if (e.key === "Escape" && e.target !== card) { card.focus(); e.preventDefault(); return; } // back from a flag
       if (e.target !== card) return;
       const s = Number(e.key);
       if (e.key.length === 1 && s >= me.likert[0] && s <= me.likert[1]) { setLikert(i, s); e.preventDefault(); }
+      if (e.key === "f") { card.querySelector("input[data-flag]").focus(); e.preventDefault(); }
+      if (e.key === "b") { focusChip(i); e.preventDefault(); }
     });
     box.append(card);
   });
@@ -140,6 +143,7 @@ function renderBoard(focusPos) {
       chip.addEventListener("dragstart", (e) => e.dataTransfer.setData("text/plain", String(i)));
       chip.addEventListener("keydown", (e) => {
         if (e.key === "0") { place(i, null); e.preventDefault(); return; }
+        if (e.key === "b" || e.key === "Escape") { focusCard(i); e.preventDefault(); return; }
         const n = Number(e.key);
         if (e.key.length === 1 && n >= 1 && n <= k) { place(i, n - 1); e.preventDefault(); }
       });
@@ -147,10 +151,18 @@ function renderBoard(focusPos) {
     });
     board.append(column);
   }
-  if (focusPos !== undefined) {
-    const chip = board.querySelector(`.chip[data-pos="${focusPos}"]`);
-    if (chip) chip.focus();
-  }
+  if (focusPos !== undefined) focusChip(focusPos);
+}
+
+// Keyboard paths between an output's card and its chip on the board (b), so no step needs a mouse.
+function focusChip(i) {
+  const chip = $("board").querySelector(`.chip[data-pos="${i}"]`);
+  if (chip) chip.focus();
+}
+
+function focusCard(i) {
+  const card = $("outputs").querySelector(`.output[data-pos="${i}"]`);
+  if (card) card.focus();
 }
 
 function place(i, rank) {
@@ -190,8 +202,8 @@ async function next() {
   state.shownAt = Date.now();
   if (state.task) loadDraft();
   render();
-  const first = document.querySelector(".output") || $("demo-text");
-  if (state.task && first) first.focus();
+  // by kind: a demonstration after a ranking task still has the (hidden) cards of that task in the page
+  if (state.task) (state.task.kind === "ranking" ? document.querySelector(".output") : $("demo-text")).focus();
 }
 
 function answerBody() {
@@ -241,16 +253,18 @@ async function skip() {
 }
 
 function move(step) {
-  const items = Array.from(document.activeElement && document.activeElement.classList.contains("chip")
-    ? document.querySelectorAll(".chip") : document.querySelectorAll(".output"));
+  const active = document.activeElement;
+  const onBoard = active.classList.contains("chip");
+  const items = Array.from(document.querySelectorAll(onBoard ? ".chip" : ".output"));
   if (!items.length) return;
-  const at = items.indexOf(document.activeElement);
+  const at = items.indexOf(onBoard ? active : active.closest(".output")); // from a flag: its own card
   items[(at + step + items.length) % items.length].focus();
 }
 
 document.addEventListener("keydown", (e) => {
   if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); submit(); return; }
-  const typing = ["TEXTAREA", "INPUT"].includes(document.activeElement.tagName);
+  const active = document.activeElement;
+  const typing = active.tagName === "TEXTAREA" || (active.tagName === "INPUT" && active.type !== "checkbox");
   if (typing || !state.task || state.task.kind !== "ranking") return;
   if (e.key === "j") { move(1); e.preventDefault(); }
   if (e.key === "k") { move(-1); e.preventDefault(); }
