@@ -84,8 +84,12 @@ class NotFound(Exception):
     """No such task for this labeler (HTTP 404)."""
 
 
-def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
-    """A connection to the project file: WAL, a 10 s busy timeout, foreign keys on, ``synchronous=FULL``.
+BUSY_TIMEOUT = 10.0
+"""Seconds a write waits for another connection's write to finish before failing with ``database is locked``."""
+
+
+def connect(path: str | Path, readonly: bool = False, busy_timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:
+    """A connection to the project file: WAL, a ``busy_timeout`` (seconds), foreign keys on, ``synchronous=FULL``.
 
     ``readonly`` opens the file with ``mode=ro`` (export and agreement only read it); the file must exist.
     """
@@ -94,9 +98,9 @@ def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
         if not path.exists():
             raise FileNotFoundError(f"{path}: no labeling project here (create one with `lit-rlhf label create`)")
     uri = f"file:{path.resolve()}?mode=ro" if readonly else f"file:{path.resolve()}"
-    conn = sqlite3.connect(uri, uri=True, timeout=10.0, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA busy_timeout = 10000")
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     conn.execute("PRAGMA foreign_keys = ON")
     if not readonly:
         conn.execute("PRAGMA journal_mode = WAL")

@@ -14,7 +14,8 @@ Routes (the JSON API; the page is one client of it, a script can be another; see
     POST /api/tasks/<id>/skip      {"idempotency_key", "reason"}
 
 Every ``/api`` request carries ``Authorization: Bearer <token>``; an unknown or revoked token gets 401 and nothing
-else. Each handler validates, does one transaction and answers JSON. Tokens are never logged (the log line is the
+else. Each handler validates, does one transaction and answers JSON. A file still locked by another process after
+the busy timeout gets 503 with ``Retry-After`` (a submit is then retried with the same key); any other failure 500. Tokens are never logged (the log line is the
 method, the path and the status; the token is in a header, and in the page's link only after ``#``, which browsers
 never send).
 """
@@ -28,6 +29,7 @@ import logging
 import re
 import sqlite3
 import sys
+import threading
 from contextlib import closing
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -63,6 +65,11 @@ class LabelServer(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 128
+    """Connections the kernel holds while the server is busy (``listen`` backlog). socketserver's 5 made Linux drop
+    the rest of a burst, and their clients resent the connection 1, 3, 7 s later (benchmarks/label_load.py)."""
+    busy_timeout = db.BUSY_TIMEOUT
+    """Seconds a request waits for another process's write (``lit-rlhf label labeler add``) before its 503."""
 
     def __init__(
         self, db_path: str | Path, host: str, port: int, lease_seconds: float, allowed_hosts: tuple[str, ...] = ()
@@ -70,6 +77,10 @@ class LabelServer(ThreadingHTTPServer):
         self.db_path = Path(db_path)
         db.connect(self.db_path).close()  # fails now, not on the first request, when the file is missing
         self.lease_seconds = lease_seconds
+        # One writer at a time in this process: the request threads queue on a lock that wakes the next one as soon
+        # as it is free. Left to SQLite's busy handler (it polls, sleeping up to 100 ms between tries), 50 writers
+        # at once let some wait past the busy timeout and fail (benchmarks/label_load.py).
+        self.write_lock = threading.Lock()
         super().__init__((host, port), LabelHandler)
         self.port = self.server_address[1]
         names = set(LOOPBACK) | {host} | set(allowed_hosts)
@@ -118,6 +129,27 @@ class LabelHandler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.NOT_FOUND, {"error": str(e)})
         except db.Conflict as e:
             self._json(HTTPStatus.CONFLICT, {"error": str(e)})
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e):
+                self._failed()
+                return
+            log.warning("%s %s: the project file is busy (%s); answered 503", self.command, self.path, e)
+            self._json(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                {"error": "the project file is busy; retry in a moment (a submit with the same idempotency_key)"},
+                {"Retry-After": "1"},
+            )
+        except ConnectionError:  # the client went away mid-reply: nobody to answer
+            self.close_connection = True
+        except Exception:
+            self._failed()
+
+    def _failed(self) -> None:
+        # Answered, not a dropped connection (which a client cannot tell from a network error); the traceback is
+        # logged, the reply says nothing of it.
+        log.exception("%s %s failed", self.command, self.path)
+        self.close_connection = True
+        self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error; see the server's log"})
 
     def _check_host(self) -> None:
         host = self.headers.get("Host", "")
@@ -153,8 +185,10 @@ class LabelHandler(BaseHTTPRequestHandler):
             raise HTTPError(HTTPStatus.BAD_REQUEST, "the body must be a JSON object")
         return body
 
-    def _send(self, status: HTTPStatus, data: bytes, content_type: str) -> None:
+    def _send(self, status: HTTPStatus, data: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Cache-Control", "no-store")
@@ -168,11 +202,11 @@ class LabelHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _json(self, status: HTTPStatus, value: Any) -> None:
-        self._send(status, json.dumps(value).encode(), "application/json")
+    def _json(self, status: HTTPStatus, value: Any, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(value).encode(), "application/json", headers)
 
     def _connect(self) -> closing[sqlite3.Connection]:
-        return closing(db.connect(self.server.db_path))
+        return closing(db.connect(self.server.db_path, busy_timeout=self.server.busy_timeout))
 
     # ------------------------------------------------------------------ handlers
 
@@ -198,7 +232,8 @@ class LabelHandler(BaseHTTPRequestHandler):
     def next_task(self) -> None:
         with self._connect() as conn:
             labeler_id = self._labeler(conn)
-            task = db.lease_next(conn, labeler_id, self.server.lease_seconds)
+            with self.server.write_lock:
+                task = db.lease_next(conn, labeler_id, self.server.lease_seconds)
             shown = None
             if task is not None:
                 shown = {"id": task.id, "kind": task.kind, "prompt": task.display}
@@ -228,7 +263,8 @@ class LabelHandler(BaseHTTPRequestHandler):
                     kind, payload = "demonstration", answers.demonstration_answer(body)
             else:
                 kind, payload = previous["kind"], json.loads(previous["payload"])
-            answer_id, created = db.submit(conn, labeler_id, task_id, key, kind, payload)
+            with self.server.write_lock:
+                answer_id, created = db.submit(conn, labeler_id, task_id, key, kind, payload)
             self._json(
                 HTTPStatus.OK,
                 {"stored": created, "answer_id": answer_id, "progress": db.progress(conn, labeler_id)},
