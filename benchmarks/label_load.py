@@ -5,7 +5,7 @@
 
 A project of ``--tasks`` ranking tasks (K = 4..9 outputs, 10% overlap tasks for two labelers) and
 ``--demonstrations`` demonstration tasks is created in a temporary directory, ``--labelers`` labelers are added, and
-the server runs as its own process (``python -m lit_rlhf.cli label serve``, the ``lit-rlhf`` entry point) on a free
+the server runs as its own process (``python -m lit_rlhf label serve``, the ``lit-rlhf`` entry point) on a free
 loopback port. Each simulated labeler is a thread with its own ``http.client`` connections, looping without think
 time: ``GET /api/next``, an answer built from what the page would show (a random ranking of the shown outputs, a tie
 now and then, a Likert score and flags per output; a demonstration's text; a skip now and then), ``POST`` with a fresh
@@ -122,7 +122,7 @@ def free_port() -> int:
 
 
 class Server:
-    """``python -m lit_rlhf.cli label serve DB --port PORT`` as a child process; its log goes to ``log``."""
+    """``python -m lit_rlhf label serve DB --port PORT`` as a child process; its log goes to ``log``."""
 
     def __init__(self, db_path: Path, port: int, log: Path) -> None:
         self.db_path, self.port, self.log = db_path, port, log
@@ -131,7 +131,7 @@ class Server:
     def start(self, timeout: float = 120.0) -> float:
         """Start it and wait until it answers; returns the seconds that took."""
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        cmd = [sys.executable, "-m", "lit_rlhf.cli", "label", "serve", str(self.db_path), "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "lit_rlhf", "label", "serve", str(self.db_path), "--port", str(self.port)]
         t0 = time.perf_counter()
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(cmd, stdout=log, stderr=log, env=env, cwd=ROOT)

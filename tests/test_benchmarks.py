@@ -213,8 +213,8 @@ def test_label_load_check_finds_lost_altered_and_unacknowledged_answers(tmp_path
 
 @pytest.mark.slow
 def test_label_load_smoke_run_kills_restarts_and_loses_nothing(tmp_path):
-    # 4 labelers, 3 s a phase: the server starts three times (about 12 s each here: `python -m lit_rlhf.cli` imports
-    # Lightning), the kill lands 1.5 s into the second phase, while the clients are mid-request.
+    # 4 labelers, 3 s a phase: the server starts three times (under a second each: `python -m lit_rlhf label` imports
+    # no Lightning), the kill lands 1.5 s into the second phase, while the clients are mid-request.
     out = tmp_path / "load.json"
     argv = ["--labelers", "4", "--seconds", "3", "--tasks", "200", "--demonstrations", "5", "--skip-prob", "0.2",
             "--json", str(out)]  # fmt: skip

@@ -4,8 +4,10 @@ changes nothing."""
 from __future__ import annotations
 
 import logging
+import re
 import select
 import socket
+import subprocess
 import sys
 import time
 
@@ -13,6 +15,7 @@ import pytest
 
 from lit_rlhf.label import db
 from lit_rlhf.label.server import MAX_BODY, make_server
+from tests.conftest import REPO
 from tests.label_helpers import add_labelers, answer_table, call, make_project, ranking_body, running
 
 
@@ -277,3 +280,16 @@ def test_the_server_writes_under_its_own_lock(served, monkeypatch):
     task = _ranking_task(server, tokens["ann"])
     assert call(server, "POST", f"/api/tasks/{task['id']}/answer", tokens["ann"], ranking_body(4))[0] == 200
     assert {name for name, _ in held} == {"lease_next", "submit"} and all(locked for _, locked in held)
+
+
+def test_lit_rlhf_label_starts_without_importing_lightning_or_torch():
+    # A labeling server killed mid-run restarts in a fraction of a second (benchmarks/label_load.py), not after the
+    # ~10 s that importing Lightning and torch takes: the entry point hands `label` off before either is imported.
+    script = re.search(r'^lit-rlhf = "(.+)"$', (REPO / "pyproject.toml").read_text(), re.M)
+    assert script and script.group(1) == "lit_rlhf.__main__:main"
+    code = (
+        "import sys\nfrom lit_rlhf.__main__ import main\ntry:\n    main(['label', 'serve', '--help'])\n"
+        "except SystemExit:\n    pass\nprint(sorted(m for m in ('torch', 'lightning', 'transformers') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert "--port" in done.stdout and done.stdout.strip().endswith("[]"), done.stdout
