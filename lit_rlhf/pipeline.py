@@ -738,14 +738,15 @@ class OwnDataPipeline(Pipeline):
     def _rm(self, stage: str, preferences: Path) -> None:
         # InstructGPT initialises the RM from the SFT model; §3.5: demonstrations score mean 0
         model = starting_from(self.export("sft"), reference_files=self.data.sft_files)
-        self.fit(stage, model=model, data=self._data(str(preferences)))
+        self.fit(stage, model=model, data=self._data(str(preferences), ties=self.data.ties))
 
     def run_rm(self, console: Any) -> None:
         self._rm("rm", self.files.rm_preferences)
 
     def run_dpo(self, console: Any) -> None:
         # The RM's half of the preferences: the gold RM's half stays unseen by every policy it judges.
-        self.fit("dpo", model=starting_from(self.export("sft")), data=self._data(str(self.files.rm_preferences)))
+        data = self._data(str(self.files.rm_preferences), ties=self.data.ties)
+        self.fit("dpo", model=starting_from(self.export("sft")), data=data)
 
     def run_gold_rm(self, console: Any) -> None:
         # Trained as the RM is, from the same SFT model: the two differ only in the half of the prompts they saw,

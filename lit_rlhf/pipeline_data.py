@@ -34,6 +34,7 @@ from lit_rlhf.data.records import (
     Message,
     OnError,
     Source,
+    TiePolicy,
     load_records,
     parse_ranking_record,
     parse_sft_record,
@@ -71,6 +72,9 @@ class PipelineData:
             iteration per pass.
         on_bad_record: A bad record in any file: 'error' stops before training listing them as path:line; 'skip'
             drops it (and the stages skip theirs too), reporting the count.
+        ties: Tied completions in a K-wise ranking (``lit-rlhf label export`` nests them: ``[0, [1, 2], 3]``): 'drop'
+            keeps the record and pairs no tied completions with each other (InstructGPT dropped ties), in the RM, gold
+            RM and DPO stages; 'error' stops at the first tie, naming its file:line.
     """
 
     sft_files: Files = None
@@ -81,6 +85,7 @@ class PipelineData:
     eval_prompts: int | float = 0.1
     min_ppo_prompts: int = 20
     on_bad_record: OnError = "error"
+    ties: TiePolicy = "drop"
 
     def problems(self) -> list[str]:
         """What is wrong with these options, each naming its flag (empty when nothing is)."""

@@ -13,9 +13,10 @@ import zipfile
 import pytest
 
 from lit_rlhf.data.records import DataError, load_records, parse_ranking_record, parse_sft_record
+from lit_rlhf.label import db
 from lit_rlhf.label.agreement import agreement, kendall_tau_b, pair_counts, ranks_of
 from lit_rlhf.label.export import export_project
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, write_jsonl
 from tests.label_helpers import add_labelers, call, make_project, ranking_body, running
 
 
@@ -165,3 +166,52 @@ def test_the_built_wheel_ships_the_page(tmp_path):
     (wheel,) = tmp_path.glob("lit_rlhf-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "lit_rlhf/label/static/index.html" in names and "lit_rlhf/label/static/label.js" in names
+
+
+def test_ranking_tasks_sampled_from_a_policy_are_seeded_and_refuse_prompts_the_model_cannot_hold(
+    tmp_path, tokenizer, capsys
+):
+    import torch
+
+    from lit_rlhf.label.project import read_prompts, sample_completions
+    from lit_rlhf.models import load_model
+    from tests.conftest import TINY_GPT2
+
+    torch.manual_seed(0)
+    policy = tmp_path / "policy"
+    load_model("scratch:gpt2", tokenizer, model_config=TINY_GPT2).save_pretrained(policy)
+    tokenizer.save_pretrained(policy)
+    prompts_file = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"reverse {w}"} for w in ("abc", "dog", "sun")])
+    prompts = read_prompts(str(prompts_file))
+    one = sample_completions(str(policy), prompts, 3, seed=7, max_new_tokens=6, batch_size=1)
+    many = sample_completions(str(policy), prompts, 3, seed=7, max_new_tokens=6, batch_size=32)
+    assert one == many and all(len(set(texts)) == len(texts) >= 2 for texts in one)  # the same whatever the batch
+    assert sample_completions(str(policy), prompts, 3, seed=8, max_new_tokens=6) != one
+
+    path = tmp_path / "project.db"
+    run_cli(["label", "create", str(path), "--prompts", str(prompts_file), "--policy", str(policy), "--k", "3",
+             "--max_new_tokens", "6", "--seed", "7", "--demonstrations", "1"])  # fmt: skip
+    conn = db.connect(path, readonly=True)
+    try:
+        tasks = sorted(db.all_tasks(conn).values(), key=lambda t: t.id)
+    finally:
+        conn.close()
+    assert [t.kind for t in tasks] == ["demonstration", "ranking", "ranking"]
+    # The ranked prompts (those after the demonstrations) are sampled as sample_completions does, and say how.
+    assert [t.completions for t in tasks[1:]] == sample_completions(str(policy), prompts[1:], 3, 7, max_new_tokens=6)
+    assert [(t.source["policy"], t.source["seed"], t.source["prompt_index"]) for t in tasks[1:]] == [
+        (str(policy.resolve()), 7, 0),
+        (str(policy.resolve()), 7, 1),
+    ]
+    # A prompt longer than the model's positions is refused before anything is sampled or written, naming its line.
+    long = write_jsonl(tmp_path / "long.jsonl", [{"prompt": "reverse abc"}, {"prompt": "reverse " + "abc " * 200}])
+    args = ["label", "create", str(tmp_path / "long.db"), "--prompts", str(long), "--policy", str(policy)]
+    from lit_rlhf.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit-rlhf label: error:")]
+    assert exit_.value.code == 2 and len(errors) == 1 and f"{long}:2: the prompt is" in errors[0]
+    assert "(1 of the 2 prompts do not)" in errors[0]
+    assert not (tmp_path / "long.db").exists()

@@ -245,14 +245,21 @@ def test_smoke_pipeline_completes_and_resumes(tmp_path, monkeypatch):
     select = [sys.executable, str(REPO / "benchmarks" / "select_settings.py"), "--config", "configs/pipeline/smoke.yaml",
               "--name", "smoke", "--runs_dir", str(tmp_path), "--iterations", "1", "--kl_coefs", "0.02",
               "--learning_rates", "1e-5,1e-4", "--ptx_coefs", "0.5", "--max_dev_prompts", "4", "--dpo_betas", "0.1",
-              "--dpo_learning_rates", "1e-4", "--dpo_epochs", "1", "--best_of_ns", "2"]  # fmt: skip
+              "--dpo_learning_rates", "1e-4", "--dpo_epochs", "1", "--best_of_ns", "2", "--cf_learning_rates", "1e-4",
+              "--cf_samples_per_prompt", "2"]  # fmt: skip
     subprocess.run(select, check=True, cwd=REPO)
     selection = json.loads((root / "selection" / "selection.json").read_text())
     assert [c["candidate"] for c in selection["candidates"]] == [
         "ppo_it1_kl0.02_lr1e-05", "ppo_it1_kl0.02_lr0.0001", "ppo_ptx_gamma0.5", "dpo_beta0.1_lr0.0001_ep1",
-        "best_of_2"]  # fmt: skip
+        "best_of_2", "rloo_k2_lr0.0001", "grpo_k2_lr0.0001"]  # fmt: skip
     assert selection["learning_rate"] in (1e-5, 1e-4) and selection["ptx_coef"] == 0.5
     assert selection["dpo"] == {"beta": 0.1, "learning_rate": 1e-4, "epochs": 1} and selection["best_of_n"] == 2
+    for estimator in ("rloo", "grpo"):  # PPO's episodes: 4 prompts x 1 sample = 2 prompts x 2 samples, PPO's beta
+        assert selection["critic_free"][estimator] == {"samples_per_prompt": 2, "prompts_per_iteration": 2,
+            "estimator": estimator, "learning_rate": 1e-4, "iterations": 1, "kl_coef": 0.02}  # fmt: skip
+        trained = yaml.safe_load((root / "selection" / "configs" / f"{estimator}_k2_lr0.0001.yaml").read_text())
+        assert trained["model"]["init_args"]["advantage_estimator"] == estimator
+        assert trained["data"]["init_args"]["batch_size"] == 2 and trained["trainer"]["limit_train_batches"] == 1
     assert set(selection["sft_habits"]) == {"ignores_constraint", "preamble", "padding"}  # measured before PPO
     dev = yaml.safe_load((root / "selection" / "configs" / "dev_eval.yaml").read_text())
     assert dev["judge"] == "lit_rlhf.world.labelers:dev_judge"

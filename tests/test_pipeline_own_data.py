@@ -29,7 +29,9 @@ def own_files(root: Path) -> dict[str, Path]:
         {"prompt": f"Mirror: {w}{v}", "completions": [(w + v)[::-1], w + v, (w + v).upper()], "ranking": [0, 2, 1]}
         for w, v in zip(WORDS, reversed(WORDS), strict=True)
     ]
-    rankings.append({**rankings[0], "completions": ["x", "y", "z"]})  # the same prompt again, other answers
+    # The same prompt again, other answers, as `lit-rlhf label export` writes it: a tie, the labeler's scores.
+    rankings.append({**rankings[0], "completions": ["x", "y", "z"], "ranking": [0, [1, 2]], "likert": [6, 2, 2],
+                     "labeler": "ann"})  # fmt: skip
     pairs = [{"chosen": f"\n\nHuman: Say {w}\n\nAssistant: {w}", "rejected": f"\n\nHuman: Say {w}\n\nAssistant: no"}
              for w in WORDS]  # fmt: skip
     pairs.append({"chosen": "\n\nHuman: Say cat\n\nAssistant: cat!", "rejected": "\n\nHuman: Say cat\n\nAssistant: ?"})
@@ -378,6 +380,7 @@ def test_own_data_pipeline_end_to_end_and_resumes(tmp_path, monkeypatch):
     for stage, half in halves:  # DPO learns from the RM's half: the gold RM's stays unseen by every policy
         assert configs[stage]["data"]["init_args"]["train_files"] == str(root / "data" / half)
         assert configs[stage]["model"]["init_args"]["model_name_or_path"] == str(root / "sft" / "hf")
+        assert configs[stage]["data"]["init_args"]["ties"] == "drop"  # the tied ranking trains, its tie unpaired
 
     # 2. Rerun: the finished stages are skipped, PPO and what follows run.
     lit_rlhf(args)

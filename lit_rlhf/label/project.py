@@ -83,13 +83,22 @@ def sample_completions(
     Sample ``j`` of prompt ``i`` comes from its own stream ``sample_seed(seed, i, j)``.
     """
     from lit_rlhf.data.collate import encode_prompt
-    from lit_rlhf.generation import sample_in_batches, sample_seed
+    from lit_rlhf.generation import context_length, sample_in_batches, sample_seed
     from lit_rlhf.models import freeze, load_model, load_tokenizer
 
     tokenizer = load_tokenizer(policy_dir)
     model = freeze(load_model(policy_dir, tokenizer)).to(device)
     n = oversample * k
     ids = [encode_prompt(tokenizer, p.messages, template) for p in prompts]
+    context = context_length(model)
+    too_long = [i for i, x in enumerate(ids) if context is not None and len(x) + max_new_tokens > context]
+    if too_long:  # the model has no positions for them: refuse before sampling, naming the first
+        first = too_long[0]
+        raise DataError(
+            f"{prompts[first].source}: the prompt is {len(ids[first])} tokens; with --max_new_tokens "
+            f"{max_new_tokens} it does not fit {policy_dir}'s context of {context} tokens ({len(too_long)} of the "
+            f"{len(prompts)} prompts do not); drop or shorten them, or sample fewer new tokens"
+        )
     flat = [x for x in ids for _ in range(n)]
     seeds = [sample_seed(seed, i, j) for i in range(len(prompts)) for j in range(n)]
     samples = sample_in_batches(
