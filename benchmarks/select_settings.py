@@ -20,6 +20,12 @@ conservative setting: fewer iterations, the larger KL coefficient, the smaller l
 pays less alignment tax; for DPO the larger beta, the smaller learning rate, fewer epochs; for best-of-n of SFT, the
 smaller n, which moves less KL). DPO and best-of-n are chosen on their own (their grids do not depend on PPO's);
 ``--dpo_betas ''`` and ``--best_of_ns ''`` skip them.
+
+The critic-free estimators (``--cf_estimators``, default RLOO and GRPO) are chosen each on its own, over
+``--cf_learning_rates`` (smallest first), at PPO's chosen KL coefficient and PPO's episode budget: the same iterations
+with ``samples_per_prompt`` samples of ``16 / samples_per_prompt`` prompts each, so every method sees as many
+episodes as PPO. With ``--grids`` naming no ``ppo``, PPO's settings are the pipeline's PPO config (already chosen),
+and only the grids named run: ``--grids critic_free`` chooses the critic-free settings alone.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from typing import Any
 
 import yaml
 
-from lit_rlhf.pipeline import StageSpec, WorldPipeline
+from lit_rlhf.pipeline import CRITIC_FREE_STAGES, StageSpec, WorldPipeline
 
 DEV_JUDGE = "lit_rlhf.world.labelers:dev_judge"
 WORLD_METRICS = "lit_rlhf.world.labelers:RESPONSE_METRICS"
@@ -53,6 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dpo_learning_rates", default="1e-4,3e-4", help="DPO learning rates, smallest first")
     parser.add_argument("--dpo_epochs", default="1,2", help="DPO epochs over the comparisons, fewest first")
     parser.add_argument("--best_of_ns", default="4,16,64", help="best-of-n candidates, smallest first ('' skips)")
+    parser.add_argument("--cf_estimators", default="rloo,grpo", help="critic-free estimators ('' skips them)")
+    parser.add_argument("--cf_learning_rates", default="3e-5,1e-4,3e-4", help="their learning rates, smallest first")
+    parser.add_argument("--cf_samples_per_prompt", type=int, default=4, help="their k (Ahmadian et al.: 4)")
+    parser.add_argument(
+        "--grids", default="ppo,ppo_ptx,dpo,best_of_n,critic_free", help="which grids run (PPO's is the others' base)"
+    )
     parser.add_argument("--margin", type=float, default=0.01, help="dev win rates this close to the best are equal")
     parser.add_argument("--max_dev_prompts", type=int, default=None, help="use at most this many dev prompts")
     return parser.parse_args(argv)
@@ -75,6 +87,10 @@ def pipeline_configs(args: argparse.Namespace) -> Path:
     pipeline = WorldPipeline(args.name, args.runs_dir, seed, world, specs, comparisons, 3, wandb=False)
     for stage in ("ppo", "ppo_ptx"):
         pipeline.fit_config(stage, *pipeline.ppo_wiring())
+    if args.cf_estimators:  # the critic-free bases: the pipeline's stage configs, else the tiny ones
+        for stage in CRITIC_FREE_STAGES:
+            pipeline.stages[stage] = StageSpec(**(merged.get(stage) or {"config": f"configs/{stage}/tiny.yaml"}))
+            pipeline.fit_config(stage, *pipeline.ppo_wiring())
     if args.dpo_betas:
         pipeline.stages["dpo"] = StageSpec(**merged.get("dpo", {"config": "configs/dpo/tiny.yaml"}))
         pipeline.fit_config("dpo", *pipeline.dpo_wiring())
@@ -169,37 +185,79 @@ def choose(results: dict[str, Any], names: list[str], margin: float) -> str:
     return next(n for n in names if results[n]["win_rate"] >= best - margin)
 
 
+def critic_free_grid(
+    args: argparse.Namespace, run: Path, out: Path, ppo: dict[str, Any], policies: dict[str, Path]
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any], dict[str, dict[str, Any]]]:
+    """Each critic-free estimator over its learning rates at PPO's KL coefficient, episodes and minibatch (``ppo``: PPO's
+    chosen iterations and kl_coef, its prompts per iteration and its minibatch sizes); the candidates, their dev
+    results and the choice per estimator."""
+    k = args.cf_samples_per_prompt
+    if ppo["prompts"] % k:
+        raise SystemExit(f"--cf_samples_per_prompt={k} must divide PPO's {ppo['prompts']} prompts per iteration")
+    grid = {
+        f"{e}_k{k}_lr{float(lr):g}": {"estimator": e, "learning_rate": float(lr)}
+        for e in args.cf_estimators.split(",")
+        for lr in args.cf_learning_rates.split(",")
+    }
+    for name, c in grid.items():
+        base = load_stage_config(run, c["estimator"] if c["estimator"] in CRITIC_FREE_STAGES else "rloo")
+        base["data"]["init_args"]["batch_size"] = ppo["prompts"] // k  # PPO's episodes per iteration
+        init_args = {"advantage_estimator": c["estimator"], "samples_per_prompt": k, "kl_coef": ppo["kl_coef"]}
+        init_args |= {"learning_rate": c["learning_rate"], "minibatch_size": ppo["minibatch_size"], "warmup": 0}
+        init_args["micro_batch_size"] = ppo["micro_batch_size"]
+        policies[name] = train_candidate(base, out, name, init_args, ppo["iterations"])
+    cf_policies = {name: policies[name] for name in ("sft", *grid)}
+    results = dev_evaluate(run, out, cf_policies, args.max_dev_prompts, name="dev_eval_critic_free")
+    choice = {}
+    for e in args.cf_estimators.split(","):
+        names = [n for n, c in grid.items() if c["estimator"] == e]
+        picked = grid[choose(results, names, args.margin)]
+        choice[e] = {"samples_per_prompt": k, "prompts_per_iteration": ppo["prompts"] // k, **picked}
+        choice[e] |= {"iterations": ppo["iterations"], "kl_coef": ppo["kl_coef"]}
+    return grid, results, choice
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    grids = set(args.grids.split(","))
     run = pipeline_configs(args)
     out = run / "selection"
+    ppo_base = load_stage_config(run, "ppo")
+    ptx_base = load_stage_config(run, "ppo_ptx")
+    ppo_config = {  # PPO's settings as the pipeline's config has them: the others' base when PPO's grid is not run
+        "iterations": ppo_base["trainer"]["limit_train_batches"],
+        "kl_coef": ppo_base["model"]["init_args"]["kl_coef"],
+        "learning_rate": ppo_base["model"]["init_args"]["learning_rate"],
+    }
     grid = [
         {"iterations": int(n), "kl_coef": float(kl), "learning_rate": float(lr)}
         for n in args.iterations.split(",")
         for kl in args.kl_coefs.split(",")
         for lr in args.learning_rates.split(",")
     ]
-    gammas = [float(x) for x in args.ptx_coefs.split(",")]
+    gammas = [float(x) for x in args.ptx_coefs.split(",")] if "ppo_ptx" in grids else []
 
-    ppo_base = load_stage_config(run, "ppo")
-    ptx_base = load_stage_config(run, "ppo_ptx")
     candidates = {f"ppo_it{c['iterations']}_kl{c['kl_coef']:g}_lr{c['learning_rate']:g}": c for c in grid}
+    if "ppo" not in grids:
+        candidates = {}
     policies = {"sft": Path(ppo_base["model"]["init_args"]["model_name_or_path"])}
     habits = sft_habits(run, out, policies["sft"], args.max_dev_prompts)
     for name, c in candidates.items():
         init_args = {"learning_rate": c["learning_rate"], "kl_coef": c["kl_coef"]}
         policies[name] = train_candidate(ppo_base, out, name, init_args, c["iterations"])
-    results = dev_evaluate(run, out, policies, args.max_dev_prompts)
-    ppo_choice = candidates[choose(results, list(candidates), args.margin)]
+    results = dev_evaluate(run, out, policies, args.max_dev_prompts) if candidates else {}
+    ppo_choice = candidates[choose(results, list(candidates), args.margin)] if candidates else ppo_config
 
     gamma_names = {f"ppo_ptx_gamma{g:g}": g for g in gammas}
+    gamma_choice = None
     for name, gamma in gamma_names.items():
         init_args = {"learning_rate": ppo_choice["learning_rate"], "kl_coef": ppo_choice["kl_coef"], "ptx_coef": gamma}
         policies[name] = train_candidate(ptx_base, out, name, init_args, ppo_choice["iterations"])
     # Only SFT and the new candidates are generated again: the PPO candidates' results stand.
     ptx_policies = {name: policies[name] for name in ("sft", *gamma_names)}
-    results |= dev_evaluate(run, out, ptx_policies, args.max_dev_prompts, name="dev_eval_ptx")
-    gamma_choice = choose(results, list(gamma_names), args.margin)
+    if gamma_names:
+        results |= dev_evaluate(run, out, ptx_policies, args.max_dev_prompts, name="dev_eval_ptx")
+        gamma_choice = gamma_names[choose(results, list(gamma_names), args.margin)]
 
     dpo_grid = {
         f"dpo_beta{float(b):g}_lr{float(lr):g}_ep{int(e)}": {
@@ -207,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
             "learning_rate": float(lr),
             "epochs": int(e),
         }
-        for e in (args.dpo_epochs.split(",") if args.dpo_betas else [])
+        for e in (args.dpo_epochs.split(",") if args.dpo_betas and "dpo" in grids else [])
         for b in args.dpo_betas.split(",")
         for lr in args.dpo_learning_rates.split(",")
     }
@@ -221,14 +279,25 @@ def main(argv: list[str] | None = None) -> None:
         results |= dev_evaluate(run, out, dpo_policies, args.max_dev_prompts, name="dev_eval_dpo")
         dpo_choice = dpo_grid[choose(results, list(dpo_grid), args.margin)]
 
-    bon_grid = {f"best_of_{int(n)}": int(n) for n in args.best_of_ns.split(",") if n}
+    bon_grid = {f"best_of_{int(n)}": int(n) for n in args.best_of_ns.split(",") if n and "best_of_n" in grids}
     bon_choice = None
     if bon_grid:
         results |= dev_evaluate(run, out, {"sft": policies["sft"]}, args.max_dev_prompts, "dev_eval_bon", bon_grid)
         bon_choice = bon_grid[choose(results, list(bon_grid), args.margin)]
 
+    cf_grid, cf_choice = {}, None
+    if args.cf_estimators and "critic_free" in grids:
+        ppo_model = ppo_base["model"]["init_args"]  # PPO's episodes per iteration and per optimizer step
+        ppo_episodes = {**ppo_choice, "prompts": ppo_base["data"]["init_args"]["batch_size"]}
+        ppo_episodes |= {
+            "minibatch_size": ppo_model["minibatch_size"],
+            "micro_batch_size": ppo_model["micro_batch_size"],
+        }
+        cf_grid, cf_results, cf_choice = critic_free_grid(args, run, out, ppo_episodes, policies)
+        results |= cf_results
+
     rows = []
-    for name in [*candidates, *gamma_names, *dpo_grid, *bon_grid]:
+    for name in [*candidates, *gamma_names, *dpo_grid, *bon_grid, *cf_grid]:
         r = results[name]
         lo, hi = r["win_rate_ci95"]
         rows.append(
@@ -252,14 +321,17 @@ def main(argv: list[str] | None = None) -> None:
         "prompts": str(run / "world" / "dev" / "prompts.jsonl"),
         "sft_habits": habits,
         "rule": f"highest dev win rate; within {args.margin} of the best counts as equal; first listed among equals",
+        "grids": sorted(grids),
         **ppo_choice,
-        "ptx_coef": gamma_names[gamma_choice],
+        "ptx_coef": gamma_choice,
         "dpo": dpo_choice,
         "best_of_n": bon_choice,
+        "critic_free": cf_choice,
         "candidates": rows,
     }
     (out / "selection.json").write_text(json.dumps(selection, indent=2) + "\n")
-    print(f"chosen: {ppo_choice}, ptx_coef {gamma_names[gamma_choice]:g}, DPO {dpo_choice}, best-of-n {bon_choice}")
+    print(f"chosen: {ppo_choice}, ptx_coef {gamma_choice}, DPO {dpo_choice}, best-of-n {bon_choice}")
+    print(f"critic-free: {cf_choice}")
     print(f"wrote {out / 'selection.json'}")
 
 
