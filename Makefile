@@ -23,9 +23,12 @@ lint: install
 
 # pytest exits 5 when it collects nothing: that is a failure here, not a pass.
 # `make test` is the whole suite (what CI runs); `make test-fast` skips the tests marked slow, for the edit-test loop.
+# Tests run on PYTEST_WORKERS processes (pytest-xdist; each test is single-threaded: tests/conftest.py), one per core
+# of a 2-core CI machine; PYTEST_WORKERS=0 runs them in this process.
 PYTEST_MARK ?=
+PYTEST_WORKERS ?= 2
 test: lint
-	$(BIN)/python -m pytest -q $(if $(PYTEST_MARK),-m "$(PYTEST_MARK)"); rc=$$?; \
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) $(if $(PYTEST_MARK),-m "$(PYTEST_MARK)"); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 test-fast:
