@@ -188,8 +188,8 @@ def choose(results: dict[str, Any], names: list[str], margin: float) -> str:
 def critic_free_grid(
     args: argparse.Namespace, run: Path, out: Path, ppo: dict[str, Any], policies: dict[str, Path]
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any], dict[str, dict[str, Any]]]:
-    """Each critic-free estimator over its learning rates at PPO's KL coefficient, episodes and minibatch (``ppo``: PPO's
-    chosen iterations and kl_coef, its prompts per iteration and its minibatch sizes); the candidates, their dev
+    """Each critic-free estimator over its learning rates at PPO's KL coefficient, episodes and minibatch (``ppo``:
+    PPO's chosen iterations and kl_coef, its prompts per iteration and its minibatch sizes); the candidates, their dev
     results and the choice per estimator."""
     k = args.cf_samples_per_prompt
     if ppo["prompts"] % k:

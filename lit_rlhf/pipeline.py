@@ -91,7 +91,7 @@ STAGE_CONFIG_WORLD = "runs/world"
 PANEL_JUDGE = "lit_rlhf.world.labelers:panel_judge"
 TRUE_QUALITY = "lit_rlhf.world.labelers:true_reward"
 CRITIC_FREE_STAGES = ("rloo", "grpo")
-"""RL stages with a critic-free estimator (PPOModule's ``advantage_estimator``): the PPO stage's wiring, no value model."""
+"""RL stages with a critic-free estimator (PPOModule's ``advantage_estimator``): PPO's wiring, no value model."""
 OPTIONAL_STAGES = ("dpo", *CRITIC_FREE_STAGES, "overoptimization")
 """Stages that run only when the pipeline config names them."""
 POLICY_STAGES = ("sft", "dpo", "ppo", "ppo_ptx", *CRITIC_FREE_STAGES)

@@ -15,9 +15,9 @@ Routes (the JSON API; the page is one client of it, a script can be another; see
 
 Every ``/api`` request carries ``Authorization: Bearer <token>``; an unknown or revoked token gets 401 and nothing
 else. Each handler validates, does one transaction and answers JSON. A file still locked by another process after
-the busy timeout gets 503 with ``Retry-After`` (a submit is then retried with the same key); any other failure 500. Tokens are never logged (the log line is the
-method, the path and the status; the token is in a header, and in the page's link only after ``#``, which browsers
-never send).
+the busy timeout gets 503 with ``Retry-After`` (a submit is then retried with the same key); any other failure 500.
+Tokens are never logged (the log line is the method, the path and the status; the token is in a header, and in the
+page's link only after ``#``, which browsers never send).
 """
 
 from __future__ import annotations
